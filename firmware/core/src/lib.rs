@@ -1,0 +1,42 @@
+//! Uncertainty scores of a segmentation model's output, reduced to fixed-size frame statistics,
+//! and the gate that decides which frames to keep.
+//!
+//! Max-softmax alone is a poor confidence: it saturates and stays high far from the training
+//! data. This crate computes max-softmax, normalized entropy, margin and energy per pixel after
+//! temperature scaling, in one pass over a `[classes, height, width]` map of any layout and
+//! element type, without a float copy and without allocating.
+//!
+//! ```
+//! use qualm_core::{analyze, FrameMaps, Layout, OutputKind, OutputMap, StatsConfig};
+//!
+//! // Two classes, a 1x2 frame in [C, H, W] layout: one sure pixel, one coin toss.
+//! let logits = [0.0f32, 0.0, 9.0, 0.0];
+//! let map = OutputMap::try_new(&logits, 2, 1, 2, Layout::Chw, OutputKind::Logits)?;
+//! let (mut classes, mut uncertainty) = ([0u8; 2], [0u8; 2]);
+//! let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
+//! let stats = analyze(&map, &StatsConfig::default(), maps)?;
+//!
+//! assert_eq!(classes, [1, 0]);
+//! assert!(stats.mean_entropy > 0.49 && stats.uncertain_fraction == 0.5);
+//! # Ok::<(), qualm_core::MapError>(())
+//! ```
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![deny(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+mod log;
+mod math;
+
+pub mod gate;
+pub mod map;
+pub mod score;
+pub mod stats;
+
+pub use gate::{Decision, Gate, Statistic};
+pub use map::{Element, Layout, MapError, OutputKind, OutputMap, Quantization};
+pub use score::{MAX_CLASSES, PixelScores, Temperature, score_logits};
+#[cfg(feature = "alloc")]
+pub use stats::OwnedFrameMaps;
+pub use stats::{ENTROPY_BINS, FrameMaps, FrameStats, Histogram, StatsConfig, analyze};

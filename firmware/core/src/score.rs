@@ -1,0 +1,216 @@
+//! Per-pixel uncertainty scores from one pixel's class logits.
+
+use crate::math;
+
+/// Largest number of classes a map may have; class ids fit in a `u8`.
+pub const MAX_CLASSES: usize = 256;
+
+/// Softmax temperature `T > 0`; logits are divided by it before the softmax.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Temperature(f32);
+
+impl Temperature {
+    /// The identity temperature, `T = 1`.
+    pub const ONE: Self = Self(1.0);
+
+    /// Checks that `value` is finite and strictly positive.
+    ///
+    /// # Errors
+    /// Hands back the rejected value when it is not a finite number above zero.
+    pub fn try_new(value: f32) -> Result<Self, f32> {
+        if value.is_finite() && value > 0.0 { Ok(Self(value)) } else { Err(value) }
+    }
+
+    /// The temperature as a number.
+    pub fn get(self) -> f32 {
+        self.0
+    }
+}
+
+impl Default for Temperature {
+    fn default() -> Self {
+        Self::ONE
+    }
+}
+
+/// The uncertainty scores of one pixel, after temperature scaling.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PixelScores {
+    /// Index of the top-1 class.
+    pub class: u8,
+    /// Largest softmax probability `p1`, in `[1/C, 1]`.
+    pub max_softmax: f32,
+    /// Shannon entropy divided by `ln C`, in `[0, 1]`; 0 when `C = 1`.
+    pub entropy: f32,
+    /// `p1 - p2`, the gap between the two largest probabilities, in `[0, 1]`.
+    pub margin: f32,
+    /// Energy `-T * logsumexp(z / T)`; higher (less negative) means less familiar input.
+    pub energy: f32,
+}
+
+/// Computes all scores of one pixel from its `C` logits in one pass after the max.
+///
+/// Works in log-space: with `d_i = (z_i - max) / T` and `s = sum(exp(d_i))`,
+/// `ln p_i = d_i - ln s`, so `H = ln s - sum(exp(d_i) * d_i) / s`. Classes with `exp(d_i) = 0`
+/// add nothing, which keeps logits such as `[0, -inf]` or `[65504, -65504]` at an exact 0
+/// entropy rather than `0 * inf = NaN`.
+///
+/// Returns `None` for a pixel that has a NaN or `+inf` logit, or only `-inf` logits: such a
+/// pixel is counted apart and never enters a mean.
+///
+/// # Panics
+/// Panics when `logits` is empty or longer than [`MAX_CLASSES`].
+#[inline]
+pub fn score_logits(logits: &[f32], temperature: Temperature) -> Option<PixelScores> {
+    let classes = logits.len();
+    assert!((1..=MAX_CLASSES).contains(&classes), "expected 1 to 256 classes, got {classes}");
+
+    let mut max = f32::NEG_INFINITY;
+    let mut top = 0;
+    let mut finite = true;
+    for (class, &z) in logits.iter().enumerate() {
+        finite &= !(z.is_nan() || z == f32::INFINITY);
+        if z > max {
+            max = z;
+            top = class;
+        }
+    }
+    if !finite || max == f32::NEG_INFINITY {
+        return None;
+    }
+
+    let inverse_t = 1.0 / temperature.get();
+    let mut sum = 0.0f32;
+    let mut weighted = 0.0f32;
+    let mut second = f32::NEG_INFINITY;
+    for (class, &z) in logits.iter().enumerate() {
+        let d = (z - max) * inverse_t;
+        let e = math::exp(d);
+        sum += e;
+        if e > 0.0 {
+            weighted += e * d;
+        }
+        if class != top && d > second {
+            second = d;
+        }
+    }
+
+    // p1 = 1 / s because the top class has d = 0; p2 = exp(d2) / s.
+    let max_softmax = 1.0 / sum;
+    let margin = (1.0 - math::exp(second)) / sum;
+    let entropy = if classes > 1 {
+        let nats = math::ln(sum) - weighted / sum;
+        (nats / math::ln(classes as f32)).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+
+    // -T * logsumexp(z / T) = -(max + T * ln s).
+    let energy = -(max + temperature.get() * math::ln(sum));
+
+    Some(PixelScores { class: top as u8, max_softmax, entropy, margin, energy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Straightforward f64 reference: probabilities first, then each score by its definition.
+    fn reference(logits: &[f64], t: f64) -> (usize, f64, f64, f64, f64) {
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let top = logits.iter().position(|&z| z == max).unwrap();
+        let lse = max / t + logits.iter().map(|z| (z / t - max / t).exp()).sum::<f64>().ln();
+        let log_p: Vec<f64> = logits.iter().map(|z| z / t - lse).collect();
+        let mut p: Vec<f64> = log_p.iter().map(|l| l.exp()).collect();
+        let entropy: f64 =
+            log_p.iter().zip(&p).filter(|(_, p)| **p > 0.0).map(|(l, p)| -p * l).sum();
+        let normalized = if logits.len() > 1 { entropy / (logits.len() as f64).ln() } else { 0.0 };
+        let p1 = p[top];
+        p[top] = f64::NEG_INFINITY;
+        let p2 = p.iter().cloned().fold(0.0, f64::max);
+        (top, p1, normalized, p1 - p2, -t * lse)
+    }
+
+    fn check(logits: &[f32], t: f32) {
+        let wide: Vec<f64> = logits.iter().map(|&z| z as f64).collect();
+        let (top, p1, h, margin, energy) = reference(&wide, t as f64);
+        let got = score_logits(logits, Temperature::try_new(t).unwrap()).unwrap();
+        // f32 arithmetic over up to 256 terms: 1e-5 absolute on scores in [0, 1], and
+        // 1e-6 relative (plus 1e-4 absolute) on the unbounded energy.
+        assert_eq!(got.class as usize, top, "class for {logits:?}");
+        assert!((got.max_softmax as f64 - p1).abs() < 1e-5, "p1 {} vs {p1}", got.max_softmax);
+        assert!((got.entropy as f64 - h).abs() < 1e-5, "entropy {} vs {h}", got.entropy);
+        assert!((got.margin as f64 - margin).abs() < 1e-5, "margin {} vs {margin}", got.margin);
+        let tolerance = 1e-4 + 1e-6 * energy.abs();
+        assert!(
+            (got.energy as f64 - energy).abs() < tolerance,
+            "energy {} vs {energy}",
+            got.energy
+        );
+    }
+
+    #[test]
+    fn hand_computed_two_classes() {
+        // Logits [0, ln 3]: p = [1/4, 3/4]; H = -(1/4 ln 1/4 + 3/4 ln 3/4) / ln 2 = 0.811278.
+        let s = score_logits(&[0.0, 3.0f32.ln()], Temperature::ONE).unwrap();
+        assert_eq!(s.class, 1);
+        assert!((s.max_softmax - 0.75).abs() < 1e-6);
+        assert!((s.margin - 0.5).abs() < 1e-6);
+        assert!((s.entropy - 0.811_278).abs() < 1e-5);
+        assert!((s.energy + 4.0f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn saturated_logits_give_exact_zero_entropy() {
+        for logits in [[0.0, f32::NEG_INFINITY], [65504.0, -65504.0], [f32::NEG_INFINITY, 0.0]] {
+            let s = score_logits(&logits, Temperature::ONE).unwrap();
+            assert_eq!(s.entropy, 0.0, "{logits:?}");
+            assert_eq!(s.max_softmax, 1.0, "{logits:?}");
+            assert_eq!(s.margin, 1.0, "{logits:?}");
+        }
+    }
+
+    #[test]
+    fn non_finite_pixels_are_refused() {
+        assert!(score_logits(&[f32::NAN, 0.0], Temperature::ONE).is_none());
+        assert!(score_logits(&[f32::INFINITY, 0.0], Temperature::ONE).is_none());
+        assert!(score_logits(&[f32::NEG_INFINITY; 3], Temperature::ONE).is_none());
+    }
+
+    #[test]
+    fn one_class_is_certain() {
+        let s = score_logits(&[-3.5], Temperature::ONE).unwrap();
+        assert_eq!((s.class, s.max_softmax, s.entropy, s.margin), (0, 1.0, 0.0, 1.0));
+        assert_eq!(s.energy, 3.5);
+    }
+
+    #[test]
+    fn temperature_rejects_non_positive() {
+        assert_eq!(Temperature::try_new(0.0), Err(0.0));
+        assert!(Temperature::try_new(-1.0).is_err());
+        assert!(Temperature::try_new(f32::NAN).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scores_match_f64_reference(
+            logits in proptest::collection::vec(-30.0f32..30.0, 1..=256),
+            t in 0.25f32..4.0,
+        ) {
+            check(&logits, t);
+        }
+
+        #[test]
+        fn extreme_logits_match_f64_reference(
+            logits in proptest::collection::vec(
+                proptest::prop_oneof![-1e4f32..1e4, proptest::strategy::Just(-1e4f32),
+                    proptest::strategy::Just(1e4f32), proptest::strategy::Just(-65504.0f32)],
+                2..=8,
+            ),
+        ) {
+            check(&logits, 1.0);
+        }
+    }
+}
