@@ -7,27 +7,30 @@
 //! element type, without a float copy and without allocating.
 //!
 //! ```
-//! use qualm_core::{analyze, FrameMaps, Layout, OutputKind, OutputMap, StatsConfig};
+//! use qualm_core::{analyze, FrameBuffers, Layout, OutputKind, OutputMap, StatsConfig};
 //!
 //! // Two classes, a 1x2 frame in [C, H, W] layout: one sure pixel, one coin toss.
 //! let logits = [0.0f32, 0.0, 9.0, 0.0];
 //! let map = OutputMap::try_new(&logits, 2, 1, 2, Layout::Chw, OutputKind::Logits)?;
-//! let (mut classes, mut uncertainty) = ([0u8; 2], [0u8; 2]);
-//! let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
-//! let stats = analyze(&map, &StatsConfig::default(), maps)?;
+//! let mut buffers = FrameBuffers::<2>::new();
+//! let stats = analyze(&map, &StatsConfig::default(), buffers.as_maps())?;
 //!
-//! assert_eq!(classes, [1, 0]);
+//! assert_eq!(buffers.classes, [1, 0]);
 //! assert!(stats.mean_entropy > 0.49 && stats.uncertain_fraction == 0.5);
+//! // Two segments of one pixel each, both on the class boundary.
+//! assert_eq!((stats.segments, stats.boundary_fraction), (2, 1.0));
 //! # Ok::<(), qualm_core::MapError>(())
 //! ```
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(missing_docs)]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(test, feature = "alloc"))]
 extern crate alloc;
 
+mod list;
 mod log;
 mod math;
+mod region;
 
 pub mod gate;
 pub mod map;
@@ -35,8 +38,13 @@ pub mod score;
 pub mod stats;
 
 pub use gate::{Decision, Gate, Statistic};
+pub use list::FixedList;
 pub use map::{Element, Layout, MapError, OutputKind, OutputMap, Quantization};
-pub use score::{MAX_CLASSES, PixelScores, Temperature, score_logits};
-#[cfg(feature = "alloc")]
+pub use region::NO_SEGMENT;
+pub use score::{MAX_CLASSES, PixelScores, SCORES, Score, Temperature, score_logits};
+#[cfg(any(test, feature = "alloc"))]
 pub use stats::OwnedFrameMaps;
-pub use stats::{ENTROPY_BINS, FrameMaps, FrameStats, Histogram, StatsConfig, analyze};
+pub use stats::{
+    CLASS_CAPACITY, ClassStats, ENTROPY_BINS, EnergyRange, FrameBuffers, FrameMaps, FrameStats,
+    Histogram, SEGMENT_CAPACITY, SegmentScratch, SegmentStats, StatsConfig, analyze, analyze_with,
+};

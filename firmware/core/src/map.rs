@@ -107,6 +107,20 @@ pub enum MapError {
     },
     /// Height or width is zero.
     Empty,
+    /// The frame has `u32::MAX` pixels or more; pixel indices and counts are `u32`.
+    TooLarge {
+        /// `height * width`, saturated at `usize::MAX`.
+        pixels: usize,
+    },
+    /// A per-pixel buffer or mask does not hold one entry per pixel.
+    BufferLength {
+        /// Which buffer: a field name of `FrameMaps`, or `roi`.
+        buffer: &'static str,
+        /// `height * width`.
+        expected: usize,
+        /// The length of the buffer given.
+        found: usize,
+    },
 }
 
 impl fmt::Display for MapError {
@@ -122,6 +136,13 @@ impl fmt::Display for MapError {
             Self::Empty => {
                 write!(f, "expected a map of at least one pixel, found height or width 0")
             }
+            Self::TooLarge { pixels } => {
+                write!(f, "expected fewer than 2^32 - 1 pixels, found {pixels}")
+            }
+            Self::BufferLength { buffer, expected, found } => write!(
+                f,
+                "expected {expected} entries (height x width) in the {buffer} buffer, found {found}"
+            ),
         }
     }
 }
@@ -163,7 +184,12 @@ impl<'a, T: Element> OutputMap<'a, T> {
             return Err(MapError::Channels { found: channels });
         }
 
-        let expected = channels * height * width;
+        let pixels = height.saturating_mul(width);
+        if pixels >= u32::MAX as usize {
+            return Err(MapError::TooLarge { pixels });
+        }
+
+        let expected = channels * pixels;
         if data.len() != expected {
             return Err(MapError::Length { expected, found: data.len() });
         }
@@ -196,6 +222,69 @@ impl<'a, T: Element> OutputMap<'a, T> {
     /// Number of classes the map describes (2 for a sigmoid map).
     pub fn classes(&self) -> usize {
         self.kind.classes(self.channels)
+    }
+
+    /// The memory layout of the data.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Writes the class logits of `len` pixels from `start` (row-major index) into `tile` as a
+    /// `[classes, len]` block, channel-major: logit `c` of pixel `start + i` at `c * len + i`.
+    ///
+    /// The block layout lets the score kernel run each step over contiguous memory, one class
+    /// at a time, for many pixels at once.
+    ///
+    /// # Panics
+    /// Panics when `start + len > pixels()` or `tile` is shorter than `classes() * len`.
+    pub(crate) fn load_tile(&self, start: usize, len: usize, tile: &mut [f32]) {
+        let tile = &mut tile[..self.classes() * len];
+        match self.kind {
+            OutputKind::Logits => {
+                for (c, row) in tile.chunks_exact_mut(len).enumerate() {
+                    self.read_channel(c, start, row, |z| z);
+                }
+            }
+            OutputKind::Probabilities => {
+                for (c, row) in tile.chunks_exact_mut(len).enumerate() {
+                    self.read_channel(c, start, row, math::ln);
+                }
+            }
+            OutputKind::SigmoidLogit => {
+                let (negative, positive) = tile.split_at_mut(len);
+                negative.fill(0.0);
+                self.read_channel(0, start, positive, |z| z);
+            }
+            OutputKind::SigmoidProbability => {
+                let (negative, positive) = tile.split_at_mut(len);
+                self.read_channel(0, start, negative, |p| math::ln(1.0 - p));
+                self.read_channel(0, start, positive, math::ln);
+            }
+        }
+    }
+
+    /// Writes `convert(channel c)` of the `out.len()` pixels from `start` into `out`: a
+    /// contiguous run of the data for CHW, a strided one for HWC.
+    #[inline(always)]
+    fn read_channel(&self, c: usize, start: usize, out: &mut [f32], convert: impl Fn(f32) -> f32) {
+        let q = self.quantization;
+        let len = out.len();
+        match self.layout {
+            Layout::Chw => {
+                let offset = c * self.pixels() + start;
+                let source = &self.data[offset..offset + len];
+                for (slot, &value) in out.iter_mut().zip(source) {
+                    *slot = convert(value.to_real(q));
+                }
+            }
+            Layout::Hwc => {
+                let channels = self.channels;
+                let source = &self.data[start * channels..(start + len) * channels];
+                for (slot, pixel) in out.iter_mut().zip(source.chunks_exact(channels)) {
+                    *slot = convert(pixel[c].to_real(q));
+                }
+            }
+        }
     }
 
     /// Writes the class logits of pixel `index` (row-major) into `out[..classes()]`.

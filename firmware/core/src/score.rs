@@ -113,6 +113,138 @@ pub fn score_logits(logits: &[f32], temperature: Temperature) -> Option<PixelSco
     Some(PixelScores { class: top as u8, max_softmax, entropy, margin, energy })
 }
 
+/// Number of per-pixel scores, in the order of [`Score`].
+pub const SCORES: usize = 4;
+
+/// One of the per-pixel scores; its [`index`](Score::index) places it in a `[f32; SCORES]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Score {
+    /// [`PixelScores::max_softmax`]; lower means more uncertain.
+    MaxSoftmax,
+    /// [`PixelScores::entropy`]; higher means more uncertain.
+    Entropy,
+    /// [`PixelScores::margin`]; lower means more uncertain.
+    Margin,
+    /// [`PixelScores::energy`]; higher means more uncertain.
+    Energy,
+}
+
+impl Score {
+    /// Every score, in index order.
+    pub const ALL: [Self; SCORES] = [Self::MaxSoftmax, Self::Entropy, Self::Margin, Self::Energy];
+
+    /// Position of the score in a `[f32; SCORES]` record.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Most pixels scored together in one tile.
+const TILE_PIXELS: usize = 256;
+
+/// Values in one `[classes, pixels]` tile: 16 KiB of `f32`, small enough for L1 and the stack.
+pub(crate) const TILE_VALUES: usize = 4096;
+
+/// Pixels per tile for `classes` classes: at least 16, since `classes <= 256`.
+pub(crate) fn tile_pixels(classes: usize) -> usize {
+    (TILE_VALUES / classes).min(TILE_PIXELS)
+}
+
+/// 1 for a logit that makes its pixel non-finite (NaN or `+inf`), else 0; `-inf` is a valid
+/// logit (a class the model rules out).
+#[inline(always)]
+fn not_finite_logit(z: f32) -> u32 {
+    u32::from(z.is_nan() | (z == f32::INFINITY))
+}
+
+/// Per-pixel outputs of [`score_tile`], each one entry per pixel of the tile.
+pub(crate) struct TileOutput<'a> {
+    /// Top-1 class (0 for a non-finite pixel).
+    pub classes: &'a mut [u8],
+    /// Normalized entropy scaled to `0..=255` (255 for a non-finite pixel).
+    pub uncertainty: &'a mut [u8],
+    /// The scores in [`Score`] order; all NaN for a non-finite pixel.
+    pub scores: &'a mut [[f32; SCORES]],
+}
+
+/// Scores every pixel of a `[classes, n]` channel-major tile (see `OutputMap::load_tile`).
+///
+/// The same maths as [`score_logits`], reorganised so that each step is a loop over `n`
+/// contiguous pixels for one class at a time (which vectorizes) instead of a loop over the
+/// classes of one pixel: a max pass (top-1, top-2, non-finite flags), an exp-sum pass, and a
+/// finishing pass, with the polynomial `exp` and `ln` of [`crate::math`].
+pub(crate) fn score_tile(tile: &[f32], classes: usize, temperature: Temperature, out: TileOutput) {
+    let n = out.classes.len();
+    debug_assert!(n <= TILE_PIXELS && tile.len() >= classes * n);
+
+    let mut max = [0.0f32; TILE_PIXELS];
+    let mut second = [f32::NEG_INFINITY; TILE_PIXELS];
+    let mut top = [0u32; TILE_PIXELS];
+    let mut bad = [0u32; TILE_PIXELS];
+    let (max, second, top, bad) = (&mut max[..n], &mut second[..n], &mut top[..n], &mut bad[..n]);
+
+    // Max pass. `bad` flags NaN and +inf; a NaN in class 0 stays the max (nothing compares
+    // above it), which is harmless because the pixel is flagged anyway.
+    max.copy_from_slice(&tile[..n]);
+    for (b, &z) in bad.iter_mut().zip(&tile[..n]) {
+        *b = not_finite_logit(z);
+    }
+    for (class, row) in tile[..classes * n].chunks_exact(n).enumerate().skip(1) {
+        let lanes = max.iter_mut().zip(second.iter_mut()).zip(top.iter_mut()).zip(bad.iter_mut());
+        for ((((m, s), t), b), &z) in lanes.zip(row) {
+            let above = z > *m;
+            *s = if above {
+                *m
+            } else if z > *s {
+                z
+            } else {
+                *s
+            };
+            *m = if above { z } else { *m };
+            *t = if above { class as u32 } else { *t };
+            *b |= not_finite_logit(z);
+        }
+    }
+
+    // Exp-sum pass, d = (z - max) / T <= 0: s = sum(e^d), w = sum(e^d * d). Terms with
+    // e^d = 0 are skipped so that d = -inf adds 0, not 0 * -inf = NaN.
+    let inverse_t = 1.0 / temperature.get();
+    let mut sum = [0.0f32; TILE_PIXELS];
+    let mut weighted = [0.0f32; TILE_PIXELS];
+    let (sum, weighted) = (&mut sum[..n], &mut weighted[..n]);
+    for row in tile[..classes * n].chunks_exact(n) {
+        for (((s, w), &m), &z) in sum.iter_mut().zip(weighted.iter_mut()).zip(&*max).zip(row) {
+            let d = (z - m) * inverse_t;
+            let e = math::fast_exp(d);
+            *s += e;
+            *w += if e > 0.0 { e * d } else { 0.0 };
+        }
+    }
+
+    // Finishing pass: p1 = 1 / s, p2 = e^d2 / s, H = ln s - w / s, energy = -(max + T ln s).
+    let t = temperature.get();
+    let inverse_ln_c = if classes > 1 { 1.0 / math::ln(classes as f32) } else { 0.0 };
+    for i in 0..n {
+        let (m, s) = (max[i], sum[i]);
+        if bad[i] != 0 || m == f32::NEG_INFINITY {
+            out.classes[i] = 0;
+            out.uncertainty[i] = u8::MAX;
+            out.scores[i] = [f32::NAN; SCORES];
+            continue;
+        }
+
+        let ln_s = math::fast_ln(s);
+        let max_softmax = 1.0 / s;
+        let margin = (1.0 - math::fast_exp((second[i] - m) * inverse_t)) * max_softmax;
+        let entropy = ((ln_s - weighted[i] * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
+        let energy = -(m + t * ln_s);
+        out.classes[i] = top[i] as u8;
+        out.uncertainty[i] = (entropy * 255.0 + 0.5) as u8;
+        out.scores[i] = [max_softmax, entropy, margin, energy];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,25 @@
 //! Reduction of a frame's per-pixel scores to fixed-size statistics.
+//!
+//! [`analyze`] works in two passes. The first reads the model output once, in tiles, and writes
+//! each pixel's class and scores into caller-owned buffers. Between the passes the class map is
+//! turned into a boundary band and a union-find forest of segments. The second pass reads the
+//! buffers in row-major order, gives each pixel its segment id and adds it to the frame, the
+//! interior, its class and its segment. Nothing is allocated.
 
+use crate::list::FixedList;
 use crate::map::{Element, MapError, OutputMap};
-use crate::score::{MAX_CLASSES, PixelScores, Temperature, score_logits};
+use crate::region;
+use crate::score::{self, SCORES, Score, TileOutput};
+use crate::score::{MAX_CLASSES, Temperature};
 
-/// Bins of the entropy histogram over `[0, 1]`; quantiles are exact to `1 / ENTROPY_BINS`.
+/// Bins of every score histogram; quantiles are exact to one bin (`1 / 256` of the range).
 pub const ENTROPY_BINS: usize = 256;
+
+/// Default capacity of [`FrameStats::classes`].
+pub const CLASS_CAPACITY: usize = 32;
+
+/// Default capacity of [`FrameStats::segment_list`].
+pub const SEGMENT_CAPACITY: usize = 32;
 
 /// A fixed-bin histogram of values in `[0, 1]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +37,7 @@ impl<const BINS: usize> Default for Histogram<BINS> {
 impl<const BINS: usize> Histogram<BINS> {
     const NON_EMPTY: () = assert!(BINS > 0, "a histogram needs at least one bin");
 
-    /// Counts `value`; values outside `[0, 1]` go to the first or last bin.
+    /// Counts `value`; values outside `[0, 1]` go to the first or last bin, NaN to the first.
     #[inline]
     pub fn add(&mut self, value: f32) {
         let () = Self::NON_EMPTY;
@@ -61,28 +76,144 @@ impl<const BINS: usize> Histogram<BINS> {
     }
 }
 
+/// The range of the energy histogram, `min < max`, both finite; energies outside it are
+/// counted in its first or last bin.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EnergyRange {
+    min: f32,
+    max: f32,
+}
+
+impl EnergyRange {
+    /// Checks that both ends are finite and `min < max`.
+    ///
+    /// # Errors
+    /// Hands back the rejected pair.
+    pub fn try_new(min: f32, max: f32) -> Result<Self, (f32, f32)> {
+        if min.is_finite() && max.is_finite() && min < max {
+            Ok(Self { min, max })
+        } else {
+            Err((min, max))
+        }
+    }
+
+    /// Lower end.
+    pub fn min(self) -> f32 {
+        self.min
+    }
+
+    /// Upper end.
+    pub fn max(self) -> f32 {
+        self.max
+    }
+}
+
+impl Default for EnergyRange {
+    /// `[-64, 16]`: logits of a trained segmentation net rarely pass 60, and the energy of a
+    /// one-class map is `-z`.
+    fn default() -> Self {
+        Self { min: -64.0, max: 16.0 }
+    }
+}
+
 /// Settings of the per-frame reduction.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StatsConfig {
     /// Temperature applied to the logits before every score.
     pub temperature: Temperature,
-    /// Normalized-entropy level above which a pixel counts as uncertain.
+    /// Normalized-entropy level above which a pixel counts as uncertain (default 0.5).
     pub uncertain_level: f32,
+    /// Max-softmax level below which a pixel counts in `low_max_softmax_fraction` (default 0.5).
+    pub max_softmax_level: f32,
+    /// Margin level below which a pixel counts in `low_margin_fraction` (default 0.2).
+    pub margin_level: f32,
+    /// Energy level above which a pixel counts in `high_energy_fraction` (default -5).
+    pub energy_level: f32,
+    /// Range of the energy histogram and its quantiles (default `[-64, 16]`).
+    pub energy_range: EnergyRange,
+    /// Half-width `k` of the boundary band in pixels (default 2): a pixel is in the band when a
+    /// pixel of another predicted class lies within Chebyshev distance `k`; 0 turns it off.
+    pub boundary_width: u8,
+    /// Smallest segment, in pixels, that may be the worst segment (default 32), so that specks
+    /// of a few pixels do not dominate it.
+    pub min_segment_pixels: u32,
 }
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        Self { temperature: Temperature::ONE, uncertain_level: 0.5 }
+        Self {
+            temperature: Temperature::ONE,
+            uncertain_level: 0.5,
+            max_softmax_level: 0.5,
+            margin_level: 0.2,
+            energy_level: -5.0,
+            energy_range: EnergyRange::default(),
+            boundary_width: 2,
+            min_segment_pixels: 32,
+        }
     }
 }
 
-/// The statistics of one frame. Means are over finite pixels only.
+/// Pixel count and mean scores of one predicted class.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct FrameStats {
-    /// Pixels in the frame.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ClassStats {
+    /// Class id.
+    pub class: u8,
+    /// Scored pixels predicted as this class.
     pub pixels: u32,
-    /// Pixels with a NaN or `+inf` logit (or only `-inf` logits), left out of every mean.
+    /// Mean max-softmax of those pixels.
+    pub mean_max_softmax: f32,
+    /// Mean normalized entropy of those pixels.
+    pub mean_entropy: f32,
+    /// Mean margin of those pixels.
+    pub mean_margin: f32,
+    /// Mean energy of those pixels.
+    pub mean_energy: f32,
+}
+
+/// One 8-connected segment of scored pixels of the same predicted class.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SegmentStats {
+    /// Segment id: segments are numbered from 0 in row-major order of their first pixel, the
+    /// same ids as [`FrameMaps::labels`].
+    pub id: u32,
+    /// Predicted class.
+    pub class: u8,
+    /// Column of the segment's first pixel in row-major order (its top row, leftmost).
+    pub x: u32,
+    /// Row of the segment's first pixel.
+    pub y: u32,
+    /// Pixels in the segment.
+    pub pixels: u32,
+    /// Mean normalized entropy over the segment.
+    pub mean_entropy: f32,
+}
+
+/// The statistics of one frame, of fixed size: at most `CLASSES` per-class entries and
+/// `SEGMENTS` listed segments, with counts of what did not fit.
+///
+/// Pixel accounting: `pixels = ignored_pixels + nonfinite_pixels + scored`, where the scored
+/// pixels are the finite ones the ROI keeps. Every mean, quantile and fraction is over scored
+/// pixels (of the frame, or of its interior for the `interior_` fields), and is 0 when there
+/// are none. Quantiles come from 256-bin histograms (over `[0, 1]`, and over the configured
+/// [`EnergyRange`] for energy) and are exact to one bin.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct FrameStats<
+    const CLASSES: usize = CLASS_CAPACITY,
+    const SEGMENTS: usize = SEGMENT_CAPACITY,
+> {
+    /// Pixels in the frame, `height * width`, including ignored and non-finite ones.
+    pub pixels: u32,
+    /// Pixels the region-of-interest mask ignores (0 in the mask); in no statistic.
+    pub ignored_pixels: u32,
+    /// Pixels kept by the ROI with a NaN or `+inf` logit (or only `-inf` logits); in no
+    /// statistic.
     pub nonfinite_pixels: u32,
     /// Mean max-softmax probability.
     pub mean_max_softmax: f32,
@@ -98,105 +229,624 @@ pub struct FrameStats {
     pub p90_entropy: f32,
     /// 99th percentile of normalized entropy.
     pub p99_entropy: f32,
-    /// Fraction of finite pixels whose normalized entropy exceeds the configured level.
+    /// Median max-softmax.
+    pub p50_max_softmax: f32,
+    /// 90th percentile of max-softmax.
+    pub p90_max_softmax: f32,
+    /// 99th percentile of max-softmax.
+    pub p99_max_softmax: f32,
+    /// Median margin.
+    pub p50_margin: f32,
+    /// 90th percentile of margin.
+    pub p90_margin: f32,
+    /// 99th percentile of margin.
+    pub p99_margin: f32,
+    /// Median energy (clamped to the configured energy range).
+    pub p50_energy: f32,
+    /// 90th percentile of energy (clamped to the configured energy range).
+    pub p90_energy: f32,
+    /// 99th percentile of energy (clamped to the configured energy range).
+    pub p99_energy: f32,
+    /// Fraction of pixels whose normalized entropy exceeds `uncertain_level`.
     pub uncertain_fraction: f32,
+    /// Fraction of pixels whose max-softmax is below `max_softmax_level`.
+    pub low_max_softmax_fraction: f32,
+    /// Fraction of pixels whose margin is below `margin_level`.
+    pub low_margin_fraction: f32,
+    /// Fraction of pixels whose energy exceeds `energy_level`.
+    pub high_energy_fraction: f32,
+    /// Fraction of pixels in the boundary band (see [`StatsConfig::boundary_width`]).
+    pub boundary_fraction: f32,
+    /// Pixels outside the boundary band.
+    pub interior_pixels: u32,
+    /// Mean max-softmax of the interior.
+    pub interior_mean_max_softmax: f32,
+    /// Mean normalized entropy of the interior.
+    pub interior_mean_entropy: f32,
+    /// Mean margin of the interior.
+    pub interior_mean_margin: f32,
+    /// Mean energy of the interior.
+    pub interior_mean_energy: f32,
+    /// Median normalized entropy of the interior.
+    pub interior_p50_entropy: f32,
+    /// 90th percentile of normalized entropy of the interior.
+    pub interior_p90_entropy: f32,
+    /// 99th percentile of normalized entropy of the interior.
+    pub interior_p99_entropy: f32,
+    /// [`uncertain_fraction`](Self::uncertain_fraction) of the interior.
+    pub interior_uncertain_fraction: f32,
+    /// [`low_max_softmax_fraction`](Self::low_max_softmax_fraction) of the interior.
+    pub interior_low_max_softmax_fraction: f32,
+    /// [`low_margin_fraction`](Self::low_margin_fraction) of the interior.
+    pub interior_low_margin_fraction: f32,
+    /// [`high_energy_fraction`](Self::high_energy_fraction) of the interior.
+    pub interior_high_energy_fraction: f32,
+    /// The predicted classes with the most pixels, at most `CLASSES`, by ascending class id.
+    pub classes: FixedList<ClassStats, CLASSES>,
+    /// Predicted classes left out of `classes` for want of room.
+    pub classes_dropped: u32,
+    /// Pixels of the classes left out of `classes`.
+    pub classes_dropped_pixels: u32,
+    /// Number of segments found: 8-connected regions of scored pixels of one predicted class.
+    pub segments: u32,
+    /// The largest segments, at most `SEGMENTS`, largest first (ties: lower id first).
+    pub segment_list: FixedList<SegmentStats, SEGMENTS>,
+    /// Segments left out of `segment_list` for want of room (`segments - segment_list.len()`).
+    pub segments_dropped: u32,
+    /// The largest segment (ties: lower id); `None` when no pixel was scored.
+    pub largest_segment: Option<SegmentStats>,
+    /// Pixels of the largest segment as a fraction of scored pixels (0 when none).
+    pub largest_segment_fraction: f32,
+    /// The segment of highest mean entropy among those of at least `min_segment_pixels`
+    /// pixels (ties: lower id); `None` when no segment is that large.
+    pub worst_segment: Option<SegmentStats>,
+    /// Mean entropy of the worst segment (0 when there is none).
+    pub worst_segment_entropy: f32,
 }
 
-/// Caller-owned per-pixel outputs of [`analyze`], each `[height, width]` row-major.
+impl<const CLASSES: usize, const SEGMENTS: usize> Default for FrameStats<CLASSES, SEGMENTS> {
+    fn default() -> Self {
+        Self {
+            pixels: 0,
+            ignored_pixels: 0,
+            nonfinite_pixels: 0,
+            mean_max_softmax: 0.0,
+            mean_entropy: 0.0,
+            mean_margin: 0.0,
+            mean_energy: 0.0,
+            p50_entropy: 0.0,
+            p90_entropy: 0.0,
+            p99_entropy: 0.0,
+            p50_max_softmax: 0.0,
+            p90_max_softmax: 0.0,
+            p99_max_softmax: 0.0,
+            p50_margin: 0.0,
+            p90_margin: 0.0,
+            p99_margin: 0.0,
+            p50_energy: 0.0,
+            p90_energy: 0.0,
+            p99_energy: 0.0,
+            uncertain_fraction: 0.0,
+            low_max_softmax_fraction: 0.0,
+            low_margin_fraction: 0.0,
+            high_energy_fraction: 0.0,
+            boundary_fraction: 0.0,
+            interior_pixels: 0,
+            interior_mean_max_softmax: 0.0,
+            interior_mean_entropy: 0.0,
+            interior_mean_margin: 0.0,
+            interior_mean_energy: 0.0,
+            interior_p50_entropy: 0.0,
+            interior_p90_entropy: 0.0,
+            interior_p99_entropy: 0.0,
+            interior_uncertain_fraction: 0.0,
+            interior_low_max_softmax_fraction: 0.0,
+            interior_low_margin_fraction: 0.0,
+            interior_high_energy_fraction: 0.0,
+            classes: FixedList::default(),
+            classes_dropped: 0,
+            classes_dropped_pixels: 0,
+            segments: 0,
+            segment_list: FixedList::default(),
+            segments_dropped: 0,
+            largest_segment: None,
+            largest_segment_fraction: 0.0,
+            worst_segment: None,
+            worst_segment_entropy: 0.0,
+        }
+    }
+}
+
+/// Per-segment running sums, one slot per possible segment (so one per pixel).
+///
+/// Scratch for [`analyze`]; its content between calls means nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SegmentScratch {
+    first_pixel: u32,
+    pixels: u32,
+    entropy_sum: f64,
+}
+
+/// Caller-owned per-pixel outputs and scratch of [`analyze`], each one entry per pixel,
+/// `[height, width]` row-major.
 ///
 /// Allocated once for a fixed input size and reused for every frame, so the per-frame path
-/// allocates nothing.
+/// allocates nothing. About 39 bytes per pixel in all (10 MiB for 512 x 512).
 #[derive(Debug)]
 pub struct FrameMaps<'a> {
     /// Top-1 class of each pixel (0 for non-finite pixels).
     pub classes: &'a mut [u8],
     /// Normalized entropy of each pixel scaled to `0..=255` (255 for non-finite pixels).
     pub uncertainty: &'a mut [u8],
+    /// The scores of each pixel in [`Score`] order (all NaN for non-finite pixels).
+    pub scores: &'a mut [[f32; SCORES]],
+    /// 1 for pixels in the boundary band, else 0 (see [`StatsConfig::boundary_width`]).
+    pub boundary: &'a mut [u8],
+    /// Segment id of each pixel, or [`NO_SEGMENT`](crate::NO_SEGMENT) for ignored and non-finite pixels.
+    pub labels: &'a mut [u32],
+    /// Per-segment scratch.
+    pub segments: &'a mut [SegmentScratch],
+}
+
+/// Fixed-size [`FrameMaps`] buffers for frames of `PIXELS` pixels, for targets without an
+/// allocator; put it in a `static`, it is large.
+#[derive(Clone, Debug)]
+pub struct FrameBuffers<const PIXELS: usize> {
+    /// See [`FrameMaps::classes`].
+    pub classes: [u8; PIXELS],
+    /// See [`FrameMaps::uncertainty`].
+    pub uncertainty: [u8; PIXELS],
+    /// See [`FrameMaps::scores`].
+    pub scores: [[f32; SCORES]; PIXELS],
+    /// See [`FrameMaps::boundary`].
+    pub boundary: [u8; PIXELS],
+    /// See [`FrameMaps::labels`].
+    pub labels: [u32; PIXELS],
+    /// See [`FrameMaps::segments`].
+    pub segments: [SegmentScratch; PIXELS],
+}
+
+impl<const PIXELS: usize> FrameBuffers<PIXELS> {
+    /// Zeroed buffers.
+    pub const fn new() -> Self {
+        const EMPTY: SegmentScratch =
+            SegmentScratch { first_pixel: 0, pixels: 0, entropy_sum: 0.0 };
+        Self {
+            classes: [0; PIXELS],
+            uncertainty: [0; PIXELS],
+            scores: [[0.0; SCORES]; PIXELS],
+            boundary: [0; PIXELS],
+            labels: [0; PIXELS],
+            segments: [EMPTY; PIXELS],
+        }
+    }
+
+    /// Borrows the buffers for one call of [`analyze`].
+    pub fn as_maps(&mut self) -> FrameMaps<'_> {
+        FrameMaps {
+            classes: &mut self.classes,
+            uncertainty: &mut self.uncertainty,
+            scores: &mut self.scores,
+            boundary: &mut self.boundary,
+            labels: &mut self.labels,
+            segments: &mut self.segments,
+        }
+    }
+}
+
+impl<const PIXELS: usize> Default for FrameBuffers<PIXELS> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Owned [`FrameMaps`] buffers for hosts with an allocator.
-#[cfg(feature = "alloc")]
+#[cfg(any(test, feature = "alloc"))]
 #[derive(Clone, Debug, Default)]
 pub struct OwnedFrameMaps {
     /// See [`FrameMaps::classes`].
     pub classes: alloc::vec::Vec<u8>,
     /// See [`FrameMaps::uncertainty`].
     pub uncertainty: alloc::vec::Vec<u8>,
+    /// See [`FrameMaps::scores`].
+    pub scores: alloc::vec::Vec<[f32; SCORES]>,
+    /// See [`FrameMaps::boundary`].
+    pub boundary: alloc::vec::Vec<u8>,
+    /// See [`FrameMaps::labels`].
+    pub labels: alloc::vec::Vec<u32>,
+    /// See [`FrameMaps::segments`].
+    pub segments: alloc::vec::Vec<SegmentScratch>,
 }
 
-#[cfg(feature = "alloc")]
+#[cfg(any(test, feature = "alloc"))]
 impl OwnedFrameMaps {
     /// Buffers for frames of `pixels` pixels.
     pub fn new(pixels: usize) -> Self {
-        Self { classes: alloc::vec![0; pixels], uncertainty: alloc::vec![0; pixels] }
+        Self {
+            classes: alloc::vec![0; pixels],
+            uncertainty: alloc::vec![0; pixels],
+            scores: alloc::vec![[0.0; SCORES]; pixels],
+            boundary: alloc::vec![0; pixels],
+            labels: alloc::vec![0; pixels],
+            segments: alloc::vec![SegmentScratch::default(); pixels],
+        }
     }
 
     /// Borrows the buffers for one call of [`analyze`].
     pub fn as_maps(&mut self) -> FrameMaps<'_> {
-        FrameMaps { classes: &mut self.classes, uncertainty: &mut self.uncertainty }
+        FrameMaps {
+            classes: &mut self.classes,
+            uncertainty: &mut self.uncertainty,
+            scores: &mut self.scores,
+            boundary: &mut self.boundary,
+            labels: &mut self.labels,
+            segments: &mut self.segments,
+        }
     }
 }
 
-/// Scores every pixel of `map` and reduces the scores to [`FrameStats`], writing the class and
-/// uncertainty maps into `maps`. Allocates nothing.
+/// Running sums of the four scores over a set of pixels.
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    pixels: u32,
+    sums: [f64; SCORES],
+}
+
+impl Sums {
+    #[inline(always)]
+    fn add(&mut self, scores: &[f32; SCORES]) {
+        self.pixels += 1;
+        for (sum, &value) in self.sums.iter_mut().zip(scores) {
+            *sum += f64::from(value);
+        }
+    }
+
+    fn means(&self) -> [f32; SCORES] {
+        let n = f64::from(self.pixels.max(1));
+        self.sums.map(|sum| (sum / n) as f32)
+    }
+}
+
+/// Sums, counts beyond the configured levels, and the entropy histogram of a set of pixels.
+struct Summary {
+    sums: Sums,
+    beyond: [u32; SCORES],
+    entropy: Histogram<ENTROPY_BINS>,
+}
+
+impl Summary {
+    fn new() -> Self {
+        Self { sums: Sums::default(), beyond: [0; SCORES], entropy: Histogram::default() }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, scores: &[f32; SCORES], levels: &Levels) {
+        let [max_softmax, entropy, margin, energy] = *scores;
+        self.sums.add(scores);
+        self.entropy.add(entropy);
+        self.beyond[0] += u32::from(max_softmax < levels.max_softmax);
+        self.beyond[1] += u32::from(entropy > levels.entropy);
+        self.beyond[2] += u32::from(margin < levels.margin);
+        self.beyond[3] += u32::from(energy > levels.energy);
+    }
+
+    fn fractions(&self) -> [f32; SCORES] {
+        let n = self.sums.pixels.max(1) as f32;
+        self.beyond.map(|count| count as f32 / n)
+    }
+}
+
+/// The levels of [`StatsConfig`] that make a pixel count as uncertain, one per score.
+struct Levels {
+    max_softmax: f32,
+    entropy: f32,
+    margin: f32,
+    energy: f32,
+}
+
+/// Scores every pixel of `map` and reduces the scores to [`FrameStats`], writing the per-pixel
+/// maps into `maps`. No pixel is ignored; see [`analyze_with`] for a region of interest and
+/// other capacities. Allocates nothing.
 ///
 /// # Errors
-/// [`MapError::Length`] when a buffer of `maps` does not hold exactly one byte per pixel.
+/// [`MapError::BufferLength`] when a buffer of `maps` does not hold exactly one entry per
+/// pixel.
 pub fn analyze<T: Element>(
     map: &OutputMap<'_, T>,
     config: &StatsConfig,
     maps: FrameMaps<'_>,
 ) -> Result<FrameStats, MapError> {
+    analyze_with(map, config, maps, None)
+}
+
+/// [`analyze`] with a region-of-interest mask and the capacities of [`FrameStats`] chosen by
+/// the caller.
+///
+/// `roi` is `[height, width]` row-major; pixels where it is 0 are ignored: they count in
+/// `ignored_pixels` and in no statistic and no segment. The boundary band is still taken from
+/// the whole predicted class map, ignored pixels included: a pixel next to (say) the sky is on
+/// a class boundary whether or not the sky is scored. Non-finite pixels take part in the band
+/// as class 0.
+///
+/// # Errors
+/// [`MapError::BufferLength`] when `roi` or a buffer of `maps` does not hold exactly one entry
+/// per pixel.
+pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
+    map: &OutputMap<'_, T>,
+    config: &StatsConfig,
+    maps: FrameMaps<'_>,
+    roi: Option<&[u8]>,
+) -> Result<FrameStats<CLASSES, SEGMENTS>, MapError> {
     let pixels = map.pixels();
-    for found in [maps.classes.len(), maps.uncertainty.len()] {
+    let lengths = [
+        ("classes", maps.classes.len()),
+        ("uncertainty", maps.uncertainty.len()),
+        ("scores", maps.scores.len()),
+        ("boundary", maps.boundary.len()),
+        ("labels", maps.labels.len()),
+        ("segments", maps.segments.len()),
+        ("roi", roi.map_or(pixels, <[u8]>::len)),
+    ];
+    for (buffer, found) in lengths {
         if found != pixels {
-            return Err(MapError::Length { expected: pixels, found });
+            return Err(MapError::BufferLength { buffer, expected: pixels, found });
         }
     }
 
-    let classes = map.classes();
-    let mut logits = [0.0f32; MAX_CLASSES];
-    let mut histogram = Histogram::<ENTROPY_BINS>::default();
-    let mut sums = [0.0f64; 4];
-    let mut uncertain = 0u32;
-    let mut nonfinite = 0u32;
+    let FrameMaps { classes, uncertainty, scores, boundary, labels, segments } = maps;
+    let width = map.width();
+    score_map(map, config.temperature, classes, uncertainty, scores);
 
-    for pixel in 0..pixels {
-        map.pixel_logits(pixel, &mut logits);
-        let Some(scores) = score_logits(&logits[..classes], config.temperature) else {
-            nonfinite += 1;
-            maps.classes[pixel] = 0;
-            maps.uncertainty[pixel] = u8::MAX;
+    // The band's scratch is the label buffer, which the segments overwrite next.
+    region::boundary_band(classes, width, config.boundary_width, labels, boundary);
+    let keep = |p: usize| roi.is_none_or(|roi| roi[p] != 0);
+    let included = |p: usize| keep(p) && !scores[p][Score::Entropy.index()].is_nan();
+    region::link_segments(classes, width, included, labels);
+
+    let levels = Levels {
+        max_softmax: config.max_softmax_level,
+        entropy: config.uncertain_level,
+        margin: config.margin_level,
+        energy: config.energy_level,
+    };
+    let energy_range = config.energy_range;
+    let energy_scale = 1.0 / (energy_range.max - energy_range.min);
+    let mut frame = Summary::new();
+    let mut interior = Summary::new();
+    let mut max_softmax_histogram = Histogram::<ENTROPY_BINS>::default();
+    let mut margin_histogram = Histogram::<ENTROPY_BINS>::default();
+    let mut energy_histogram = Histogram::<ENTROPY_BINS>::default();
+    let mut per_class = [Sums::default(); MAX_CLASSES];
+    let mut segment_count = 0u32;
+    let (mut ignored, mut nonfinite) = (0u32, 0u32);
+
+    // Second pass, row-major: parents precede their children, so a pixel whose parent is not
+    // itself finds the parent already relabelled with its segment id.
+    for p in 0..pixels {
+        if !keep(p) {
+            ignored += 1;
             continue;
-        };
+        }
+        let pixel = &scores[p];
+        if pixel[Score::Entropy.index()].is_nan() {
+            nonfinite += 1;
+            continue;
+        }
 
-        let PixelScores { class, max_softmax, entropy, margin, energy } = scores;
-        sums[0] += f64::from(max_softmax);
-        sums[1] += f64::from(entropy);
-        sums[2] += f64::from(margin);
-        sums[3] += f64::from(energy);
-        histogram.add(entropy);
-        uncertain += u32::from(entropy > config.uncertain_level);
-        maps.classes[pixel] = class;
-        maps.uncertainty[pixel] = (entropy * 255.0 + 0.5) as u8;
+        let parent = labels[p] as usize;
+        let id = if parent == p {
+            let id = segment_count;
+            segment_count += 1;
+            segments[id as usize] = SegmentScratch { first_pixel: p as u32, ..Default::default() };
+            id
+        } else {
+            labels[parent]
+        };
+        labels[p] = id;
+        let segment = &mut segments[id as usize];
+        segment.pixels += 1;
+        segment.entropy_sum += f64::from(pixel[Score::Entropy.index()]);
+
+        frame.add(pixel, &levels);
+        max_softmax_histogram.add(pixel[Score::MaxSoftmax.index()]);
+        margin_histogram.add(pixel[Score::Margin.index()]);
+        energy_histogram.add((pixel[Score::Energy.index()] - energy_range.min) * energy_scale);
+        if boundary[p] == 0 {
+            interior.add(pixel, &levels);
+        }
+        per_class[usize::from(classes[p])].add(pixel);
     }
 
-    let finite = pixels as u32 - nonfinite;
-    let mean = |sum: f64| if finite > 0 { (sum / f64::from(finite)) as f32 } else { 0.0 };
-    let stats = FrameStats {
-        pixels: pixels as u32,
-        nonfinite_pixels: nonfinite,
-        mean_max_softmax: mean(sums[0]),
-        mean_entropy: mean(sums[1]),
-        mean_margin: mean(sums[2]),
-        mean_energy: mean(sums[3]),
-        p50_entropy: histogram.quantile(0.50),
-        p90_entropy: histogram.quantile(0.90),
-        p99_entropy: histogram.quantile(0.99),
-        uncertain_fraction: if finite > 0 { uncertain as f32 / finite as f32 } else { 0.0 },
+    let scored = frame.sums.pixels;
+    let [mean_max_softmax, mean_entropy, mean_margin, mean_energy] = frame.sums.means();
+    let [low_max_softmax, uncertain, low_margin, high_energy] = frame.fractions();
+    let interior_means = interior.sums.means();
+    let interior_fractions = interior.fractions();
+    let energy_quantile = |q: f32| {
+        let fraction = energy_histogram.quantile(q);
+        energy_range.min + fraction * (energy_range.max - energy_range.min)
     };
-    crate::log::trace!("frame: {} pixels, mean entropy {}", stats.pixels, stats.mean_entropy);
+    let boundary_pixels = scored - interior.sums.pixels;
+
+    let mut stats = FrameStats::<CLASSES, SEGMENTS> {
+        pixels: pixels as u32,
+        ignored_pixels: ignored,
+        nonfinite_pixels: nonfinite,
+        mean_max_softmax,
+        mean_entropy,
+        mean_margin,
+        mean_energy,
+        p50_entropy: frame.entropy.quantile(0.50),
+        p90_entropy: frame.entropy.quantile(0.90),
+        p99_entropy: frame.entropy.quantile(0.99),
+        p50_max_softmax: max_softmax_histogram.quantile(0.50),
+        p90_max_softmax: max_softmax_histogram.quantile(0.90),
+        p99_max_softmax: max_softmax_histogram.quantile(0.99),
+        p50_margin: margin_histogram.quantile(0.50),
+        p90_margin: margin_histogram.quantile(0.90),
+        p99_margin: margin_histogram.quantile(0.99),
+        p50_energy: if scored > 0 { energy_quantile(0.50) } else { 0.0 },
+        p90_energy: if scored > 0 { energy_quantile(0.90) } else { 0.0 },
+        p99_energy: if scored > 0 { energy_quantile(0.99) } else { 0.0 },
+        uncertain_fraction: uncertain,
+        low_max_softmax_fraction: low_max_softmax,
+        low_margin_fraction: low_margin,
+        high_energy_fraction: high_energy,
+        boundary_fraction: boundary_pixels as f32 / scored.max(1) as f32,
+        interior_pixels: interior.sums.pixels,
+        interior_mean_max_softmax: interior_means[0],
+        interior_mean_entropy: interior_means[1],
+        interior_mean_margin: interior_means[2],
+        interior_mean_energy: interior_means[3],
+        interior_p50_entropy: interior.entropy.quantile(0.50),
+        interior_p90_entropy: interior.entropy.quantile(0.90),
+        interior_p99_entropy: interior.entropy.quantile(0.99),
+        interior_uncertain_fraction: interior_fractions[1],
+        interior_low_max_softmax_fraction: interior_fractions[0],
+        interior_low_margin_fraction: interior_fractions[2],
+        interior_high_energy_fraction: interior_fractions[3],
+        segments: segment_count,
+        ..FrameStats::default()
+    };
+    fill_classes(&per_class, &mut stats);
+    fill_segments(&segments[..segment_count as usize], classes, width, config, &mut stats);
+
+    crate::log::trace!(
+        "frame: {} pixels, mean entropy {}, {} segments",
+        stats.pixels,
+        stats.mean_entropy,
+        stats.segments
+    );
     Ok(stats)
+}
+
+/// First pass: scores `map` tile by tile into the per-pixel buffers.
+fn score_map<T: Element>(
+    map: &OutputMap<'_, T>,
+    temperature: Temperature,
+    classes: &mut [u8],
+    uncertainty: &mut [u8],
+    scores: &mut [[f32; SCORES]],
+) {
+    let class_count = map.classes();
+    let step = score::tile_pixels(class_count);
+    let mut tile = [0.0f32; score::TILE_VALUES];
+
+    let mut start = 0;
+    while start < classes.len() {
+        let end = (start + step).min(classes.len());
+        map.load_tile(start, end - start, &mut tile);
+        let out = TileOutput {
+            classes: &mut classes[start..end],
+            uncertainty: &mut uncertainty[start..end],
+            scores: &mut scores[start..end],
+        };
+        score::score_tile(&tile, class_count, temperature, out);
+        start = end;
+    }
+}
+
+/// Fills the per-class entries: the `CLASSES` classes with the most pixels (ties: lower id),
+/// listed by ascending id; the rest are counted as dropped.
+fn fill_classes<const CLASSES: usize, const SEGMENTS: usize>(
+    per_class: &[Sums; MAX_CLASSES],
+    stats: &mut FrameStats<CLASSES, SEGMENTS>,
+) {
+    // The pixel count a class needs to be listed: the CLASSES-th largest count.
+    let mut chosen = [false; MAX_CLASSES];
+    for _ in 0..CLASSES {
+        let best = (0..MAX_CLASSES)
+            .filter(|&c| !chosen[c] && per_class[c].pixels > 0)
+            .max_by_key(|&c| (per_class[c].pixels, core::cmp::Reverse(c)));
+        match best {
+            Some(c) => chosen[c] = true,
+            None => break,
+        }
+    }
+
+    for (class, sums) in per_class.iter().enumerate().filter(|(_, s)| s.pixels > 0) {
+        if !chosen[class] {
+            stats.classes_dropped += 1;
+            stats.classes_dropped_pixels += sums.pixels;
+            continue;
+        }
+        let [mean_max_softmax, mean_entropy, mean_margin, mean_energy] = sums.means();
+        let entry = ClassStats {
+            class: class as u8,
+            pixels: sums.pixels,
+            mean_max_softmax,
+            mean_entropy,
+            mean_margin,
+            mean_energy,
+        };
+        // Cannot fail: at most CLASSES classes are chosen.
+        let _ = stats.classes.try_push(entry);
+    }
+}
+
+/// Fills the segment list (largest first), the largest and the worst segment.
+fn fill_segments<const CLASSES: usize, const SEGMENTS: usize>(
+    segments: &[SegmentScratch],
+    classes: &[u8],
+    width: usize,
+    config: &StatsConfig,
+    stats: &mut FrameStats<CLASSES, SEGMENTS>,
+) {
+    let describe = |id: usize| {
+        let segment = &segments[id];
+        let first = segment.first_pixel as usize;
+        SegmentStats {
+            id: id as u32,
+            class: classes[first],
+            x: (first % width) as u32,
+            y: (first / width) as u32,
+            pixels: segment.pixels,
+            mean_entropy: (segment.entropy_sum / f64::from(segment.pixels)) as f32,
+        }
+    };
+
+    // Keep the SEGMENTS largest in a list sorted by size, descending, ids ascending on ties;
+    // most segments of a noisy frame are specks that fail the first comparison.
+    let mut top = [0usize; SEGMENTS];
+    let mut kept = 0;
+    let mut largest: Option<usize> = None;
+    let mut worst: Option<(usize, f64)> = None;
+    for (id, segment) in segments.iter().enumerate() {
+        if largest.is_none_or(|l| segment.pixels > segments[l].pixels) {
+            largest = Some(id);
+        }
+        if segment.pixels >= config.min_segment_pixels {
+            let mean = segment.entropy_sum / f64::from(segment.pixels);
+            if worst.is_none_or(|(_, w)| mean > w) {
+                worst = Some((id, mean));
+            }
+        }
+
+        let fits = SEGMENTS > 0
+            && (kept < SEGMENTS || segment.pixels > segments[top[SEGMENTS - 1]].pixels);
+        if !fits {
+            continue;
+        }
+        let mut slot = kept.min(SEGMENTS - 1);
+        while slot > 0 && segments[top[slot - 1]].pixels < segment.pixels {
+            top[slot] = top[slot - 1];
+            slot -= 1;
+        }
+        top[slot] = id;
+        kept = (kept + 1).min(SEGMENTS);
+    }
+
+    for &id in &top[..kept] {
+        // Cannot fail: at most SEGMENTS ids are kept.
+        let _ = stats.segment_list.try_push(describe(id));
+    }
+    stats.segments_dropped = segments.len() as u32 - kept as u32;
+    stats.largest_segment = largest.map(describe);
+    let scored = segments.iter().map(|s| s.pixels).sum::<u32>().max(1);
+    stats.largest_segment_fraction =
+        largest.map_or(0.0, |l| segments[l].pixels as f32 / scored as f32);
+    stats.worst_segment = worst.map(|(id, _)| describe(id));
+    stats.worst_segment_entropy = stats.worst_segment.map_or(0.0, |s| s.mean_entropy);
 }
 
 #[cfg(test)]
@@ -224,10 +874,8 @@ mod tests {
 
     fn run(data: &[f32], c: usize, h: usize, w: usize, layout: Layout) -> FrameStats {
         let map = OutputMap::try_new(data, c, h, w, layout, OutputKind::Logits).unwrap();
-        let mut classes = vec![0u8; h * w];
-        let mut uncertainty = vec![0u8; h * w];
-        let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
-        analyze(&map, &StatsConfig::default(), maps).unwrap()
+        let mut maps = OwnedFrameMaps::new(h * w);
+        analyze(&map, &StatsConfig::default(), maps.as_maps()).unwrap()
     }
 
     fn check_against_reference(data: &[f32], c: usize, h: usize, w: usize) {
@@ -316,13 +964,12 @@ mod tests {
     fn sigmoid_logit_is_two_class_softmax() {
         let z = [2.0f32, -1.0, 0.0];
         let map = OutputMap::try_new(&z, 1, 1, 3, Layout::Chw, OutputKind::SigmoidLogit).unwrap();
-        let (mut classes, mut uncertainty) = ([0u8; 3], [0u8; 3]);
-        let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
-        let stats = analyze(&map, &StatsConfig::default(), maps).unwrap();
+        let mut maps = OwnedFrameMaps::new(3);
+        let stats = analyze(&map, &StatsConfig::default(), maps.as_maps()).unwrap();
         let sigmoid = |z: f32| 1.0 / (1.0 + (-z).exp());
         let want = (sigmoid(2.0) + (1.0 - sigmoid(-1.0)) + 0.5) / 3.0;
         assert!((stats.mean_max_softmax - want).abs() < 1e-6);
-        assert_eq!(classes, [1, 0, 0]);
+        assert_eq!(maps.classes, [1, 0, 0]);
     }
 
     #[test]
@@ -332,9 +979,8 @@ mod tests {
         let map = OutputMap::try_new(&q, 2, 1, 1, Layout::Hwc, OutputKind::Logits)
             .unwrap()
             .with_quantization(Quantization { scale: 0.5, zero_point: -2 });
-        let (mut classes, mut uncertainty) = ([0u8; 1], [0u8; 1]);
-        let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
-        let stats = analyze(&map, &StatsConfig::default(), maps).unwrap();
+        let mut maps = OwnedFrameMaps::new(1);
+        let stats = analyze(&map, &StatsConfig::default(), maps.as_maps()).unwrap();
         let p1 = 1.0 / (1.0 + (-1.0f32).exp());
         assert!((stats.mean_max_softmax - p1).abs() < 1e-6);
     }
@@ -343,10 +989,10 @@ mod tests {
     fn wrong_buffer_length_is_an_error() {
         let data = [0.0f32; 4];
         let map = OutputMap::try_new(&data, 1, 2, 2, Layout::Chw, OutputKind::Logits).unwrap();
-        let (mut classes, mut uncertainty) = ([0u8; 3], [0u8; 4]);
-        let maps = FrameMaps { classes: &mut classes, uncertainty: &mut uncertainty };
-        let err = analyze(&map, &StatsConfig::default(), maps).unwrap_err();
-        assert_eq!(err, MapError::Length { expected: 4, found: 3 });
+        let mut maps = OwnedFrameMaps::new(4);
+        maps.classes.pop();
+        let err = analyze(&map, &StatsConfig::default(), maps.as_maps()).unwrap_err();
+        assert_eq!(err, MapError::BufferLength { buffer: "classes", expected: 4, found: 3 });
     }
 
     proptest::proptest! {
