@@ -11,17 +11,17 @@ macro_rules! shim {
         /// Logs through the enabled back end, or compiles to nothing.
         #[allow(unused_macros)]
         macro_rules! $name {
-                            ($d($d arg:tt)*) => {{
-                                #[cfg(feature = "defmt")]
-                                ::defmt::$name!($d($d arg)*);
-                                #[cfg(feature = "log")]
-                                ::log::$name!($d($d arg)*);
-                                #[cfg(not(any(feature = "defmt", feature = "log")))]
-                                {
-                                    let _ = ($d($d arg)*,);
-                                }
-                            }};
-                        }
+                                            ($d($d arg:tt)*) => {{
+                                                #[cfg(feature = "defmt")]
+                                                ::defmt::$name!($d($d arg)*);
+                                                #[cfg(feature = "log")]
+                                                ::log::$name!($d($d arg)*);
+                                                #[cfg(not(any(feature = "defmt", feature = "log")))]
+                                                {
+                                                    let _ = ($d($d arg)*,);
+                                                }
+                                            }};
+                                        }
         #[allow(unused_imports)]
         pub(crate) use $name;
     };
