@@ -1,0 +1,110 @@
+//! Calibration files: the temperature and gate threshold chosen on the host for one model.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use qualm_core::{Gate, Temperature};
+use serde::{Deserialize, Serialize};
+
+/// Where a threshold came from, for the people who read the file later.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Provenance {
+    /// When the file was written (RFC 3339).
+    #[serde(default)]
+    pub created: String,
+    /// How the threshold was chosen, e.g. `keep-rate`.
+    #[serde(default)]
+    pub method: String,
+    /// The data it was chosen on.
+    #[serde(default)]
+    pub data: String,
+    /// Number of frames used.
+    #[serde(default)]
+    pub frames: u64,
+    /// The guarantee the threshold comes with, in words.
+    #[serde(default)]
+    pub statement: String,
+}
+
+/// A calibration file as written by `qualm thresholds` and read by qualmd.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Calibration {
+    /// sha256 of the ONNX model this calibration belongs to.
+    pub model_sha256: String,
+    /// Softmax temperature applied before every score.
+    pub temperature: f32,
+    /// Normalized-entropy level above which a pixel counts as uncertain.
+    pub uncertain_level: f32,
+    /// The keep rule.
+    pub gate: Gate,
+    /// How it was made.
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+impl Calibration {
+    /// Reads a calibration file and checks its values.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, or holds an invalid value.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read calibration file {}", path.display()))?;
+        let calibration: Self = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid calibration file", path.display()))?;
+        calibration.temperature().with_context(|| path.display().to_string())?;
+        if !(0.0..=1.0).contains(&calibration.uncertain_level) {
+            bail!(
+                "{}: expected uncertain_level in [0, 1], found {}",
+                path.display(),
+                calibration.uncertain_level
+            );
+        }
+        if !calibration.gate.threshold.is_finite() {
+            bail!("{}: expected a finite gate threshold", path.display());
+        }
+        Ok(calibration)
+    }
+
+    /// Refuses a calibration made for another model.
+    ///
+    /// # Errors
+    /// When `model_sha256` differs from this file's.
+    pub fn check_model(&self, path: &Path, model_sha256: &str) -> anyhow::Result<()> {
+        if self.model_sha256 != model_sha256 {
+            bail!(
+                "calibration file {} was made for model sha256 {}, but the loaded model has {}",
+                path.display(),
+                self.model_sha256,
+                model_sha256
+            );
+        }
+        Ok(())
+    }
+
+    /// The temperature, checked.
+    ///
+    /// # Errors
+    /// When it is not a finite number above zero.
+    pub fn temperature(&self) -> anyhow::Result<Temperature> {
+        Temperature::try_new(self.temperature)
+            .map_err(|found| anyhow::anyhow!("expected a temperature above 0, found {found}"))
+    }
+
+    /// Writes the file as TOML, atomically (temporary file, fsync, rename).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = String::from("# qualm calibration file: read by qualmd at start-up.\n");
+        text.push_str(&format!(
+            "# keep a frame when {} is {} {}\n",
+            self.gate.statistic,
+            if self.gate.statistic.higher_is_uncertain() { "above" } else { "below" },
+            self.gate.threshold
+        ));
+        text.push_str(&toml::to_string_pretty(self).context("cannot encode calibration")?);
+        crate::spool::write_atomic(path, text.as_bytes())
+    }
+}

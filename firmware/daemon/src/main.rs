@@ -1,0 +1,139 @@
+//! `qualmd`: runs the segmentation model on every frame, keeps the uncertain ones.
+//!
+//! Exit codes: 0 when the source was processed to its end (bad frames are skipped, not fatal),
+//! 1 when start-up failed or the ledger could not be written, 2 for usage errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use qualm_daemon::config::{Config, SourceConfig};
+use qualm_daemon::pipeline::{Daemon, open_source};
+
+/// Run a segmentation model on camera frames, score how unsure it is on each one, and keep the
+/// frames worth labeling as records in a spool folder. Every frame adds a line to the ledger.
+///
+/// Settings come from --config (TOML, paths relative to the file); flags override them.
+#[derive(Debug, Parser)]
+#[command(name = "qualmd", version, about, long_about)]
+struct Args {
+    /// Configuration file (TOML) with keys model, calibration, spool, ledger, [source]
+    /// frames or video, max_frames, jpeg_quality.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+
+    /// Model card (TOML) of the ONNX model to run.
+    #[arg(long)]
+    model: Option<PathBuf>,
+
+    /// Calibration file made by `qualm thresholds`; its model sha256 must match the model.
+    #[arg(long, conflicts_with = "observe")]
+    calibration: Option<PathBuf>,
+
+    /// Ignore any calibration: score every frame into the ledger, keep none.
+    #[arg(long)]
+    observe: bool,
+
+    /// Read frames from this folder of .jpg/.png files, in name order.
+    #[arg(long, conflicts_with = "video")]
+    frames: Option<PathBuf>,
+
+    /// Read frames from this video file through ffmpeg.
+    #[arg(long)]
+    video: Option<PathBuf>,
+
+    /// Folder for kept records.
+    #[arg(long)]
+    spool: Option<PathBuf>,
+
+    /// Ledger file (JSON Lines, appended to).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+
+    /// Stop after this many frames [default: all].
+    #[arg(long)]
+    max_frames: Option<u64>,
+
+    /// Log filter, as in RUST_LOG (for example `info` or `qualm_daemon=debug`).
+    #[arg(long, default_value = "info", env = "QUALMD_LOG")]
+    log: String,
+}
+
+impl Args {
+    /// The configuration file merged with the flags.
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config {
+                model: self.model.clone().context("expected --model or --config, found neither")?,
+                calibration: None,
+                spool: self.spool.clone().context("expected --spool or --config, found neither")?,
+                ledger: self
+                    .ledger
+                    .clone()
+                    .context("expected --ledger or --config, found neither")?,
+                source: SourceConfig { frames: None, video: None },
+                max_frames: None,
+                jpeg_quality: 90,
+            },
+        };
+
+        if let Some(model) = self.model {
+            config.model = model;
+        }
+        if self.calibration.is_some() {
+            config.calibration = self.calibration;
+        }
+        if self.observe {
+            config.calibration = None;
+        }
+        if self.frames.is_some() || self.video.is_some() {
+            config.source = SourceConfig { frames: self.frames, video: self.video };
+        }
+        if let Some(spool) = self.spool {
+            config.spool = spool;
+        }
+        if let Some(ledger) = self.ledger {
+            config.ledger = ledger;
+        }
+        if self.max_frames.is_some() {
+            config.max_frames = self.max_frames;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let mut daemon = Daemon::new(&config)?;
+    let mut source = open_source(&config)?;
+
+    let summary = daemon.run(source.as_mut(), config.max_frames)?;
+    println!(
+        "qualmd: {} frames, {} kept, {} failed, {:.1} frames/s; records in {}, ledger {}",
+        summary.frames,
+        summary.kept,
+        summary.failed,
+        summary.frames_per_second(),
+        daemon.spool_folder().display(),
+        config.ledger.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("qualmd: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
