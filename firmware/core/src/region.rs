@@ -61,27 +61,32 @@ pub(crate) fn boundary_band(
     for y in 1..height {
         let (above, here) = scratch[(y - 1) * width..(y + 1) * width].split_at(width);
         let (up_above, up_here) = band[(y - 1) * width..(y + 1) * width].split_at_mut(width);
-        for x in 0..width {
-            let same = here[x] == above[x] && here[x] != MIXED;
-            up_here[x] = if same { up_above[x].saturating_add(1).min(k) } else { 0 };
+        for (((up, &previous), &value), &v_above) in
+            up_here.iter_mut().zip(&*up_above).zip(here).zip(above)
+        {
+            let same = value == v_above && value != MIXED;
+            *up = if same { previous.saturating_add(1).min(k) } else { 0 };
         }
     }
 
     // Vertical, bottom-up: run length downwards, kept in the high bits of `scratch`; a pixel
     // is band when its row segment is mixed or either vertical run is shorter than k.
     for y in (0..height).rev() {
-        for x in 0..width {
-            let p = y * width + x;
-            let value = scratch[p] & 0xffff;
-            let down = if y + 1 == height {
-                k32
-            } else {
-                let below = scratch[p + width];
-                let same = value == below & 0xffff && value != MIXED;
-                if same { ((below >> 16) + 1).min(k32) } else { 0 }
-            };
-            scratch[p] = value | (down << 16);
-            band[p] = u8::from(value == MIXED || band[p] < k || down < k32);
+        let (here, below) = scratch[y * width..].split_at_mut(width);
+        let band_row = &mut band[y * width..(y + 1) * width];
+        if y + 1 == height {
+            for (value, b) in here.iter_mut().zip(band_row.iter_mut()) {
+                *value |= k32 << 16;
+                *b = u8::from(*value & 0xffff == MIXED || *b < k);
+            }
+            continue;
+        }
+        for ((value, &under), b) in here.iter_mut().zip(&below[..width]).zip(band_row.iter_mut()) {
+            let class = *value & 0xffff;
+            let same = class == under & 0xffff && class != MIXED;
+            let down = if same { ((under >> 16) + 1).min(k32) } else { 0 };
+            *value = class | (down << 16);
+            *b = u8::from(class == MIXED || *b < k || down < k32);
         }
     }
 }
@@ -99,30 +104,36 @@ pub(crate) fn link_segments(
     included: impl Fn(usize) -> bool,
     labels: &mut [u32],
 ) {
-    for p in 0..classes.len() {
-        if !included(p) {
-            labels[p] = NO_SEGMENT;
-            continue;
-        }
-        labels[p] = p as u32;
-
-        // The neighbours already visited: left, up-left, up, up-right.
-        let (x, y) = (p % width, p / width);
-        let mut neighbours = [None; 4];
-        if x > 0 {
-            neighbours[0] = Some(p - 1);
-        }
-        if y > 0 {
-            let above = p - width;
-            neighbours[1] = (x > 0).then(|| above - 1);
-            neighbours[2] = Some(above);
-            neighbours[3] = (x + 1 < width).then_some(above + 1);
-        }
-
-        for q in neighbours.into_iter().flatten() {
-            if labels[q] != NO_SEGMENT && classes[q] == classes[p] {
-                union(labels, p, q);
+    let height = classes.len() / width;
+    for y in 0..height {
+        for x in 0..width {
+            let p = y * width + x;
+            if !included(p) {
+                labels[p] = NO_SEGMENT;
+                continue;
             }
+
+            // Whether an earlier neighbour is in p's segment: included and of p's class.
+            let class = classes[p];
+            let joins = |q: usize| labels[q] != NO_SEGMENT && classes[q] == class;
+            let up = (y > 0).then(|| p - width);
+            let left = (x > 0).then(|| p - 1).filter(|&q| joins(q));
+            let up_left = up.filter(|_| x > 0).map(|q| q - 1).filter(|&q| joins(q));
+            let up_right = up.filter(|_| x + 1 < width).map(|q| q + 1).filter(|&q| joins(q));
+
+            // Decision tree: the up neighbour already shares a tree with every other earlier
+            // neighbour of the same class (each touches it), and so does the left one with the
+            // up-left one; only left or up-left with up-right may still need a union.
+            labels[p] = match (up.filter(|&q| joins(q)), left.or(up_left), up_right) {
+                (Some(q), _, _) => q as u32,
+                (None, Some(q), Some(r)) => {
+                    labels[p] = q as u32;
+                    union(labels, q, r);
+                    labels[p]
+                }
+                (None, Some(q), None) | (None, None, Some(q)) => q as u32,
+                (None, None, None) => p as u32,
+            };
         }
     }
 }

@@ -222,26 +222,32 @@ pub(crate) fn score_tile(tile: &[f32], classes: usize, temperature: Temperature,
         }
     }
 
-    // Finishing pass: p1 = 1 / s, p2 = e^d2 / s, H = ln s - w / s, energy = -(max + T ln s).
+    // Finishing pass, branch-free so that it vectorizes, written over the pass's own arrays:
+    // p1 = 1 / s, margin = (1 - e^d2) / s, H = (ln s - w / s) / ln C, energy = -(max + T ln s).
     let t = temperature.get();
     let inverse_ln_c = if classes > 1 { 1.0 / math::ln(classes as f32) } else { 0.0 };
-    for i in 0..n {
-        let (m, s) = (max[i], sum[i]);
-        if bad[i] != 0 || m == f32::NEG_INFINITY {
-            out.classes[i] = 0;
-            out.uncertainty[i] = u8::MAX;
-            out.scores[i] = [f32::NAN; SCORES];
-            continue;
-        }
+    let lanes = max.iter_mut().zip(second.iter_mut()).zip(sum.iter_mut()).zip(weighted.iter_mut());
+    for ((((m, s2), s), w), b) in lanes.zip(bad.iter_mut()) {
+        let ln_s = math::fast_ln(*s);
+        let max_softmax = 1.0 / *s;
+        let margin = (1.0 - math::fast_exp((*s2 - *m) * inverse_t)) * max_softmax;
+        let entropy = ((ln_s - *w * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
+        let energy = -(*m + t * ln_s);
+        let finite = *b == 0 && *m != f32::NEG_INFINITY;
+        *b = u32::from(finite);
+        *m = if finite { max_softmax } else { f32::NAN };
+        *s2 = if finite { entropy } else { f32::NAN };
+        *s = if finite { margin } else { f32::NAN };
+        *w = if finite { energy } else { f32::NAN };
+    }
 
-        let ln_s = math::fast_ln(s);
-        let max_softmax = 1.0 / s;
-        let margin = (1.0 - math::fast_exp((second[i] - m) * inverse_t)) * max_softmax;
-        let entropy = ((ln_s - weighted[i] * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
-        let energy = -(m + t * ln_s);
-        out.classes[i] = top[i] as u8;
-        out.uncertainty[i] = (entropy * 255.0 + 0.5) as u8;
-        out.scores[i] = [max_softmax, entropy, margin, energy];
+    // Interleave into the per-pixel records; non-finite pixels get class 0 and uncertainty 255.
+    for i in 0..n {
+        let finite = bad[i] != 0;
+        let entropy = second[i];
+        out.classes[i] = if finite { top[i] as u8 } else { 0 };
+        out.uncertainty[i] = if finite { (entropy * 255.0 + 0.5) as u8 } else { u8::MAX };
+        out.scores[i] = [max[i], entropy, sum[i], weighted[i]];
     }
 }
 
