@@ -25,11 +25,29 @@ pub enum Statistic {
     P99Entropy,
     /// [`FrameStats::uncertain_fraction`]; higher means more uncertain.
     UncertainFraction,
+    /// [`FrameStats::low_max_softmax_fraction`]; higher means more uncertain.
+    LowMaxSoftmaxFraction,
+    /// [`FrameStats::low_margin_fraction`]; higher means more uncertain.
+    LowMarginFraction,
+    /// [`FrameStats::high_energy_fraction`]; higher means more uncertain.
+    HighEnergyFraction,
+    /// [`FrameStats::p90_energy`]; higher means more uncertain.
+    P90Energy,
+    /// [`FrameStats::interior_mean_max_softmax`]; lower means more uncertain.
+    InteriorMeanMaxSoftmax,
+    /// [`FrameStats::interior_mean_entropy`]; higher means more uncertain.
+    InteriorMeanEntropy,
+    /// [`FrameStats::interior_p90_entropy`]; higher means more uncertain.
+    InteriorP90Entropy,
+    /// [`FrameStats::interior_uncertain_fraction`]; higher means more uncertain.
+    InteriorUncertainFraction,
+    /// [`FrameStats::worst_segment_entropy`]; higher means more uncertain.
+    WorstSegmentEntropy,
 }
 
 impl Statistic {
     /// Every statistic, in a fixed order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 17] = [
         Self::MeanMaxSoftmax,
         Self::MeanEntropy,
         Self::MeanMargin,
@@ -38,6 +56,15 @@ impl Statistic {
         Self::P90Entropy,
         Self::P99Entropy,
         Self::UncertainFraction,
+        Self::LowMaxSoftmaxFraction,
+        Self::LowMarginFraction,
+        Self::HighEnergyFraction,
+        Self::P90Energy,
+        Self::InteriorMeanMaxSoftmax,
+        Self::InteriorMeanEntropy,
+        Self::InteriorP90Entropy,
+        Self::InteriorUncertainFraction,
+        Self::WorstSegmentEntropy,
     ];
 
     /// The name used in configuration files, ledgers and JSON (the [`FrameStats`] field name).
@@ -51,11 +78,23 @@ impl Statistic {
             Self::P90Entropy => "p90_entropy",
             Self::P99Entropy => "p99_entropy",
             Self::UncertainFraction => "uncertain_fraction",
+            Self::LowMaxSoftmaxFraction => "low_max_softmax_fraction",
+            Self::LowMarginFraction => "low_margin_fraction",
+            Self::HighEnergyFraction => "high_energy_fraction",
+            Self::P90Energy => "p90_energy",
+            Self::InteriorMeanMaxSoftmax => "interior_mean_max_softmax",
+            Self::InteriorMeanEntropy => "interior_mean_entropy",
+            Self::InteriorP90Entropy => "interior_p90_entropy",
+            Self::InteriorUncertainFraction => "interior_uncertain_fraction",
+            Self::WorstSegmentEntropy => "worst_segment_entropy",
         }
     }
 
-    /// The statistic's value in `stats`.
-    pub fn value(self, stats: &FrameStats) -> f32 {
+    /// The statistic's value in `stats` (of any capacities).
+    pub fn value<const CLASSES: usize, const SEGMENTS: usize>(
+        self,
+        stats: &FrameStats<CLASSES, SEGMENTS>,
+    ) -> f32 {
         match self {
             Self::MeanMaxSoftmax => stats.mean_max_softmax,
             Self::MeanEntropy => stats.mean_entropy,
@@ -65,12 +104,21 @@ impl Statistic {
             Self::P90Entropy => stats.p90_entropy,
             Self::P99Entropy => stats.p99_entropy,
             Self::UncertainFraction => stats.uncertain_fraction,
+            Self::LowMaxSoftmaxFraction => stats.low_max_softmax_fraction,
+            Self::LowMarginFraction => stats.low_margin_fraction,
+            Self::HighEnergyFraction => stats.high_energy_fraction,
+            Self::P90Energy => stats.p90_energy,
+            Self::InteriorMeanMaxSoftmax => stats.interior_mean_max_softmax,
+            Self::InteriorMeanEntropy => stats.interior_mean_entropy,
+            Self::InteriorP90Entropy => stats.interior_p90_entropy,
+            Self::InteriorUncertainFraction => stats.interior_uncertain_fraction,
+            Self::WorstSegmentEntropy => stats.worst_segment_entropy,
         }
     }
 
     /// Whether a larger value means a less certain frame.
     pub fn higher_is_uncertain(self) -> bool {
-        !matches!(self, Self::MeanMaxSoftmax | Self::MeanMargin)
+        !matches!(self, Self::MeanMaxSoftmax | Self::MeanMargin | Self::InteriorMeanMaxSoftmax)
     }
 
     /// The value turned so that larger always means more uncertain (negated where needed);
@@ -92,8 +140,12 @@ pub struct UnknownStatistic;
 
 impl fmt::Display for UnknownStatistic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("expected one of mean_max_softmax, mean_entropy, mean_margin, mean_energy, ")?;
-        f.write_str("p50_entropy, p90_entropy, p99_entropy, uncertain_fraction")
+        f.write_str("expected one of ")?;
+        for (i, statistic) in Statistic::ALL.iter().enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            write!(f, "{separator}{}", statistic.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -183,7 +235,10 @@ pub struct Gate {
 
 impl Gate {
     /// Decides for one frame. A frame whose statistic is NaN is kept: it is worth a look.
-    pub fn decide(&self, stats: &FrameStats) -> Decision {
+    pub fn decide<const CLASSES: usize, const SEGMENTS: usize>(
+        &self,
+        stats: &FrameStats<CLASSES, SEGMENTS>,
+    ) -> Decision {
         let value = self.statistic.value(stats);
         let statistic = self.statistic;
         let beyond = statistic.uncertainty(value) > statistic.uncertainty(self.threshold);
@@ -238,5 +293,21 @@ mod tests {
             assert_eq!(statistic.as_str().parse::<Statistic>(), Ok(statistic));
         }
         assert_eq!("entropy".parse::<Statistic>(), Err(UnknownStatistic));
+    }
+
+    #[test]
+    fn every_name_is_a_frame_stats_field() {
+        // The name is the JSON key of the value it reads: set each field apart and look it up.
+        let stats = FrameStats {
+            interior_mean_entropy: 0.25,
+            worst_segment_entropy: 0.75,
+            p90_energy: -3.0,
+            ..FrameStats::default()
+        };
+        assert_eq!(Statistic::InteriorMeanEntropy.value(&stats), 0.25);
+        assert_eq!(Statistic::WorstSegmentEntropy.value(&stats), 0.75);
+        assert_eq!(Statistic::P90Energy.value(&stats), -3.0);
+        let message = UnknownStatistic.to_string();
+        assert!(Statistic::ALL.iter().all(|s| message.contains(s.as_str())));
     }
 }
