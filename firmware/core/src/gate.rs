@@ -90,8 +90,13 @@ impl Statistic {
         }
     }
 
-    /// The statistic's value in `stats` (of any capacities).
-    pub fn value<const CLASSES: usize, const SEGMENTS: usize>(
+    /// The statistic's value in `stats`.
+    pub fn value(self, stats: &FrameStats) -> f32 {
+        self.value_of(stats)
+    }
+
+    /// The statistic's value in frame statistics of any capacities.
+    pub fn value_of<const CLASSES: usize, const SEGMENTS: usize>(
         self,
         stats: &FrameStats<CLASSES, SEGMENTS>,
     ) -> f32 {
@@ -235,10 +240,7 @@ pub struct Gate {
 
 impl Gate {
     /// Decides for one frame. A frame whose statistic is NaN is kept: it is worth a look.
-    pub fn decide<const CLASSES: usize, const SEGMENTS: usize>(
-        &self,
-        stats: &FrameStats<CLASSES, SEGMENTS>,
-    ) -> Decision {
+    pub fn decide(&self, stats: &FrameStats) -> Decision {
         let value = self.statistic.value(stats);
         let statistic = self.statistic;
         let beyond = statistic.uncertainty(value) > statistic.uncertainty(self.threshold);
@@ -298,7 +300,7 @@ mod tests {
     #[test]
     fn every_name_is_a_frame_stats_field() {
         // The name is the JSON key of the value it reads: set each field apart and look it up.
-        let stats = FrameStats {
+        let stats: FrameStats = FrameStats {
             interior_mean_entropy: 0.25,
             worst_segment_entropy: 0.75,
             p90_energy: -3.0,
