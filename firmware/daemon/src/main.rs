@@ -18,8 +18,8 @@ use qualm_daemon::pipeline::{Daemon, open_source};
 #[derive(Debug, Parser)]
 #[command(name = "qualmd", version, about, long_about)]
 struct Args {
-    /// Configuration file (TOML) with keys model, calibration, spool, ledger, [source]
-    /// frames or video, max_frames, jpeg_quality.
+    /// Configuration file (TOML) with keys model, calibration, spool, ledger, max_frames,
+    /// jpeg_quality, and a source table with frames or video.
     #[arg(long, short)]
     config: Option<PathBuf>,
 

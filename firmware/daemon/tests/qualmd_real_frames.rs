@@ -202,3 +202,64 @@ fn a_missing_model_is_one_clear_error() {
     assert!(message.contains("cannot read model card no/such/card.toml"), "{message}");
     assert_eq!(message.lines().count(), 1, "one line: {message}");
 }
+
+#[test]
+fn a_video_is_read_through_ffmpeg_like_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("three.avi");
+    let pattern = dir.path().join("f_%d.jpg");
+    for (index, name) in ["vtest_0000.jpg", "vtest_0020.jpg", "vtest_0040.jpg"].iter().enumerate() {
+        fs::copy(frames().join(name), dir.path().join(format!("f_{index}.jpg"))).unwrap();
+    }
+    // Lossless-enough re-encode: MJPEG at top quality keeps the frames close to the JPEGs.
+    let encoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-framerate", "1", "-i"])
+        .arg(&pattern)
+        .args(["-c:v", "mjpeg", "-q:v", "1"])
+        .arg(&video)
+        .status()
+        .expect("ffmpeg must be installed for the video source (.ci/run installs it)");
+    assert!(encoded.success());
+
+    let ledger = dir.path().join("ledger.jsonl");
+    let output = qualmd(&[
+        "--model".as_ref(),
+        card().as_os_str(),
+        "--observe".as_ref(),
+        "--video".as_ref(),
+        video.as_os_str(),
+        "--spool".as_ref(),
+        dir.path().join("spool").as_os_str(),
+        "--ledger".as_ref(),
+        ledger.as_os_str(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let entries = read_ledger(&ledger).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.frame.as_str()).collect();
+    assert_eq!(names, ["three_000000", "three_000001", "three_000002"]);
+
+    // The same frames from the folder score almost the same (only the re-encode differs).
+    let folder = dir.path().join("folder");
+    fs::create_dir(&folder).unwrap();
+    for index in 0..3 {
+        let name = format!("f_{index}.jpg");
+        fs::copy(dir.path().join(&name), folder.join(&name)).unwrap();
+    }
+    let folder_ledger = dir.path().join("folder.jsonl");
+    let output = qualmd(&[
+        "--model".as_ref(),
+        card().as_os_str(),
+        "--observe".as_ref(),
+        "--frames".as_ref(),
+        folder.as_os_str(),
+        "--spool".as_ref(),
+        dir.path().join("spool").as_os_str(),
+        "--ledger".as_ref(),
+        folder_ledger.as_os_str(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    for (video, still) in entries.iter().zip(read_ledger(&folder_ledger).unwrap()) {
+        let (a, b) = (video.stats.unwrap(), still.stats.unwrap());
+        assert!((a.mean_entropy - b.mean_entropy).abs() < 0.01, "{a:?} vs {b:?}");
+    }
+}

@@ -1,0 +1,54 @@
+//! `qualm`: the laptop side of Qualm.
+//!
+//! Exit codes: 0 on success, 1 when the command failed (the error chain is printed on stderr),
+//! 2 for command-line usage errors (reported by clap).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod stats;
+mod thresholds;
+
+/// Inspect models, compute frame statistics and choose gate thresholds for qualmd.
+#[derive(Debug, Parser)]
+#[command(name = "qualm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show a model card's input and output shapes and classes, and time one inference.
+    Inspect(inspect::InspectArgs),
+    /// Print the uncertainty statistics of one frame's logits (a .npy file).
+    Stats(stats::StatsArgs),
+    /// Choose a gate threshold from a qualmd ledger and write a calibration file.
+    Thresholds(thresholds::ThresholdsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUALM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match &cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Thresholds(args) => thresholds::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("qualm: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
