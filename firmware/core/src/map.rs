@@ -59,12 +59,22 @@ impl Quantization {
 pub trait Element: Copy {
     /// The element as a real number under `quantization` (ignored by float types).
     fn to_real(self, quantization: Quantization) -> f32;
+
+    /// The values as `f32` when they already are (then scoring reads them without a copy).
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]> {
+        let _ = values;
+        None
+    }
 }
 
 impl Element for f32 {
     #[inline]
     fn to_real(self, _: Quantization) -> f32 {
         self
+    }
+
+    fn as_f32_slice(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
     }
 }
 
@@ -227,6 +237,13 @@ impl<'a, T: Element> OutputMap<'a, T> {
     /// The memory layout of the data.
     pub fn layout(&self) -> Layout {
         self.layout
+    }
+
+    /// The data itself when it is `f32` logits in CHW layout: channel `c` of pixel `p` is then
+    /// at `c * pixels() + p`, and the score kernel reads it in place.
+    pub(crate) fn direct_chw(&self) -> Option<&'a [f32]> {
+        let plain = self.layout == Layout::Chw && self.kind == OutputKind::Logits;
+        if plain { T::as_f32_slice(self.data) } else { None }
     }
 
     /// Writes the class logits of `len` pixels from `start` (row-major index) into `tile` as a

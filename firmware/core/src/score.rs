@@ -174,9 +174,21 @@ pub(crate) struct TileOutput<'a> {
 /// contiguous pixels for one class at a time (which vectorizes) instead of a loop over the
 /// classes of one pixel: a max pass (top-1, top-2, non-finite flags), an exp-sum pass, and a
 /// finishing pass, with the polynomial `exp` and `ln` of [`crate::math`].
-pub(crate) fn score_tile(tile: &[f32], classes: usize, temperature: Temperature, out: TileOutput) {
+///
+/// Class `c` of the tile's pixel `i` is at `values[offset + c * stride + i]`: a copied tile has
+/// `offset = 0, stride = n`; an f32 CHW map read in place has the pixel index as offset and
+/// `height * width` as stride.
+pub(crate) fn score_tile(
+    values: &[f32],
+    offset: usize,
+    stride: usize,
+    classes: usize,
+    temperature: Temperature,
+    out: TileOutput,
+) {
     let n = out.classes.len();
-    debug_assert!(n <= TILE_PIXELS && tile.len() >= classes * n);
+    debug_assert!(n <= TILE_PIXELS);
+    let row = |class: usize| &values[offset + class * stride..offset + class * stride + n];
 
     let mut max = [0.0f32; TILE_PIXELS];
     let mut second = [f32::NEG_INFINITY; TILE_PIXELS];
@@ -186,13 +198,13 @@ pub(crate) fn score_tile(tile: &[f32], classes: usize, temperature: Temperature,
 
     // Max pass. `bad` flags NaN and +inf; a NaN in class 0 stays the max (nothing compares
     // above it), which is harmless because the pixel is flagged anyway.
-    max.copy_from_slice(&tile[..n]);
-    for (b, &z) in bad.iter_mut().zip(&tile[..n]) {
+    max.copy_from_slice(row(0));
+    for (b, &z) in bad.iter_mut().zip(row(0)) {
         *b = not_finite_logit(z);
     }
-    for (class, row) in tile[..classes * n].chunks_exact(n).enumerate().skip(1) {
+    for class in 1..classes {
         let lanes = max.iter_mut().zip(second.iter_mut()).zip(top.iter_mut()).zip(bad.iter_mut());
-        for ((((m, s), t), b), &z) in lanes.zip(row) {
+        for ((((m, s), t), b), &z) in lanes.zip(row(class)) {
             let above = z > *m;
             *s = if above {
                 *m
@@ -213,8 +225,9 @@ pub(crate) fn score_tile(tile: &[f32], classes: usize, temperature: Temperature,
     let mut sum = [0.0f32; TILE_PIXELS];
     let mut weighted = [0.0f32; TILE_PIXELS];
     let (sum, weighted) = (&mut sum[..n], &mut weighted[..n]);
-    for row in tile[..classes * n].chunks_exact(n) {
-        for (((s, w), &m), &z) in sum.iter_mut().zip(weighted.iter_mut()).zip(&*max).zip(row) {
+    for class in 0..classes {
+        let lanes = sum.iter_mut().zip(weighted.iter_mut()).zip(&*max);
+        for (((s, w), &m), &z) in lanes.zip(row(class)) {
             let d = (z - m) * inverse_t;
             let e = math::fast_exp(d);
             *s += e;

@@ -732,16 +732,25 @@ fn score_map<T: Element>(
     let step = score::tile_pixels(class_count);
     let mut tile = [0.0f32; score::TILE_VALUES];
 
+    // f32 CHW logits are read in place; everything else is converted into a tile first.
+    let direct = map.direct_chw();
     let mut start = 0;
     while start < classes.len() {
         let end = (start + step).min(classes.len());
-        map.load_tile(start, end - start, &mut tile);
         let out = TileOutput {
             classes: &mut classes[start..end],
             uncertainty: &mut uncertainty[start..end],
             scores: &mut scores[start..end],
         };
-        score::score_tile(&tile, class_count, temperature, out);
+        match direct {
+            Some(data) => {
+                score::score_tile(data, start, map.pixels(), class_count, temperature, out);
+            }
+            None => {
+                map.load_tile(start, end - start, &mut tile);
+                score::score_tile(&tile, 0, end - start, class_count, temperature, out);
+            }
+        }
         start = end;
     }
 }
