@@ -30,6 +30,9 @@ const EXP_UNDERFLOW: f32 = -87.336_54;
 /// nearest integer without a call to `round` (which `core` lacks on some targets).
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
+/// `2^23`: an `f32` integer `k` in `[0, 2^23)` plus this has `k` as its low mantissa bits.
+const EXPONENT_MAGIC: f32 = 8_388_608.0;
+
 /// `e^x` for `x <= 0` (including `-inf`, which gives exactly 0), without branches.
 ///
 /// `e^x = 2^n * e^r` with `n = round(x / ln 2)` and `|r| <= ln 2 / 2`; `e^r` by a degree-7
@@ -56,8 +59,12 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p = p * r + 0.5;
     let er = p * r * r + r + 1.0;
 
-    // n is in [-126, 0] here, so the biased exponent n + 127 is a normal one.
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // n is in [-126, 0] here, so the biased exponent k = n + 127 is a normal one. Adding 2^23
+    // puts k in the low mantissa bits (exactly: k < 2^23), and the shift moves it into the
+    // exponent field while the bits of 2^23 fall off the top. This avoids a float-to-int `as`,
+    // whose saturating semantics keep the loops around `fast_exp` from vectorizing.
+    let biased = n + (127.0 + EXPONENT_MAGIC);
+    let scale = f32::from_bits(biased.to_bits() << 23);
     if underflow { 0.0 } else { er * scale }
 }
 

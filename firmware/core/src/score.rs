@@ -205,14 +205,11 @@ pub(crate) fn score_tile(
     for class in 1..classes {
         let lanes = max.iter_mut().zip(second.iter_mut()).zip(top.iter_mut()).zip(bad.iter_mut());
         for ((((m, s), t), b), &z) in lanes.zip(row(class)) {
+            // Two plain selects rather than an else-if chain, which compiles to a branch per
+            // lane instead of vector blends.
             let above = z > *m;
-            *s = if above {
-                *m
-            } else if z > *s {
-                z
-            } else {
-                *s
-            };
+            let runner_up = if z > *s { z } else { *s };
+            *s = if above { *m } else { runner_up };
             *m = if above { z } else { *m };
             *t = if above { class as u32 } else { *t };
             *b |= not_finite_logit(z);
