@@ -6,10 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-mod inspect;
-mod stats;
-mod thresholds;
+use qualm_tools::{calibrate, evaluate, inspect, stats, thresholds};
 
 /// Inspect models, compute frame statistics and choose gate thresholds for qualmd.
 #[derive(Debug, Parser)]
@@ -27,6 +24,11 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Choose a gate threshold from a qualmd ledger and write a calibration file.
     Thresholds(thresholds::ThresholdsArgs),
+    /// Fit a softmax temperature on labeled frames and report calibration before and after.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Measure how well each uncertainty score flags wrong pixels, failed frames and
+    /// out-of-distribution frames on labeled data.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Thresholds(args) => thresholds::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

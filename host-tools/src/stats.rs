@@ -99,7 +99,7 @@ impl From<KindArg> for OutputKind {
 }
 
 /// The array of a .npy file in one of the element types the core reads in place.
-enum Values {
+pub(crate) enum Values {
     F32(Vec<f32>),
     F16(Vec<f16>),
     I8(Vec<i8>),
@@ -114,11 +114,11 @@ impl Values {
 
 /// The frame's shape as the core sees it.
 #[derive(Clone, Copy, Debug)]
-struct Shape {
-    channels: usize,
-    height: usize,
-    width: usize,
-    layout: Layout,
+pub(crate) struct Shape {
+    pub(crate) channels: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) layout: Layout,
 }
 
 /// Runs `qualm stats`.
@@ -166,7 +166,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
 }
 
 /// Reads a .npy file into one of the supported element types, with its shape.
-fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
+pub(crate) fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let npy = NpyFile::new(BufReader::new(file)).with_context(|| {
         format!("{}: expected a .npy file, found no valid header", path.display())
@@ -203,7 +203,7 @@ fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
 
 /// Turns the array's dimensions into the frame's shape: [H, W] is one channel, [1, ...] drops
 /// the batch axis, and a 3-D array is read in `layout`.
-fn frame_shape(dims: &[u64], layout: LayoutArg) -> Result<Shape> {
+pub(crate) fn frame_shape(dims: &[u64], layout: LayoutArg) -> Result<Shape> {
     let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
     let dims = match dims.as_slice() {
         [1, rest @ ..] if rest.len() == 3 => rest.to_vec(),

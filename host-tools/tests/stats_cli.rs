@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use npyz::WriterBuilder;
 use serde_json::Value;
 
-/// Writes `data` as a C-order .npy array of `shape`.
+mod common;
+
+/// Writes `data` as a C-order .npy array of `shape` in `dir`.
 fn write_npy<T: npyz::AutoSerialize + Clone>(
     dir: &Path,
     name: &str,
@@ -19,15 +20,7 @@ fn write_npy<T: npyz::AutoSerialize + Clone>(
     data: &[T],
 ) -> PathBuf {
     let path = dir.join(name);
-    let file = std::fs::File::create(&path).unwrap();
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(std::io::BufWriter::new(file))
-        .begin_nd()
-        .unwrap();
-    writer.extend(data.iter().cloned()).unwrap();
-    writer.finish().unwrap();
+    common::write_npy(&path, shape, data);
     path
 }
 

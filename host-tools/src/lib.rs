@@ -1,0 +1,24 @@
+//! The laptop side of Qualm, behind the `qualm` command: inspect a model, compute the
+//! statistics of one frame, choose gate thresholds, and calibrate and evaluate a model's
+//! uncertainty on labeled data.
+//!
+//! Each subcommand is a module with its clap arguments and a `run` function; [`metrics`] holds
+//! the metric definitions they share, so tests can check them against a reference.
+//!
+//! ```
+//! use qualm_tools::metrics::ranking_metrics;
+//!
+//! // Uncertainty of three pixels and whether each is wrong: the two wrong ones rank first.
+//! let mut pixels = [(0.9f32, true), (0.7, true), (0.1, false)];
+//! let ranking = ranking_metrics(&mut pixels);
+//! assert_eq!(ranking.auroc, Ok(1.0));
+//! ```
+#![warn(missing_docs)]
+
+pub mod calibrate;
+pub mod evaluate;
+pub mod inspect;
+pub mod labeled;
+pub mod metrics;
+pub mod stats;
+pub mod thresholds;
