@@ -116,8 +116,48 @@ pub fn analyze_logits(
     Ok((stats, maps))
 }
 
-fn statistic_values(stats: &FrameStats) -> [f32; Statistic::ALL.len()] {
+fn statistic_values(stats: &FrameStats) -> StatisticValues {
     Statistic::ALL.map(|statistic| statistic.value(stats))
+}
+
+/// The values of [`Statistic::ALL`] for one frame, in that order.
+pub type StatisticValues = [f32; Statistic::ALL.len()];
+
+/// What the camera would measure on a labeled frame, and how good the prediction was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameOutcome {
+    /// The frame statistics, over the whole frame.
+    pub statistics: StatisticValues,
+    /// mIoU over labeled, finite pixels (see [`miou_and_accuracy`]); `None` without any.
+    pub miou: Option<f64>,
+    /// Pixel accuracy over the same pixels.
+    pub accuracy: Option<f64>,
+}
+
+/// The frame statistics of a labeled frame and the quality of its prediction.
+///
+/// # Errors
+/// When the label cannot be read or does not fit, or the logits do not form a valid map.
+pub fn frame_outcome(logits: &Logits, frame: &Frame, config: &StatsConfig) -> Result<FrameOutcome> {
+    let labels = frame.read_label(logits)?;
+    let (stats, maps) = analyze_logits(logits, config)
+        .with_context(|| format!("{}: cannot analyze", frame.input.display()))?;
+
+    let classes = logits.classes;
+    let mut confusion = vec![0u64; classes * classes];
+    for (index, &label) in labels.iter().enumerate() {
+        let finite = maps.scores[index].iter().all(|s| s.is_finite());
+        if label != IGNORE_LABEL && finite {
+            let predicted = usize::from(maps.classes[index]);
+            confusion[usize::from(label) * classes + predicted] += 1;
+        }
+    }
+    let quality = miou_and_accuracy(&confusion, classes);
+    Ok(FrameOutcome {
+        statistics: statistic_values(&stats),
+        miou: quality.map(|(miou, _)| miou),
+        accuracy: quality.map(|(_, accuracy)| accuracy),
+    })
 }
 
 fn score_labeled(logits: Logits, frame: &Frame, config: &StatsConfig) -> Result<LabeledFrame> {

@@ -1,12 +1,15 @@
 //! `qualm thresholds` and `qualm inspect` run as a user would run them.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use qualm_core::{FrameStats, Statistic};
 use qualm_daemon::calibration::Calibration;
 use qualm_daemon::ledger::LedgerEntry;
+use serde_json::Value;
+
+mod common;
 
 fn qualm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qualm")).args(args).output().unwrap()
@@ -140,6 +143,105 @@ fn a_ledger_line_that_is_not_json_names_file_and_line() {
     assert_eq!(output.status.code(), Some(1));
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("ledger.jsonl line 2: expected a ledger entry"), "{message}");
+}
+
+/// Labeled frames whose mean entropy and failure are known in closed form: every pixel of frame
+/// `i` has logits `[a_i, 0, 0]` with `a_i = 0.2 + 0.15 i`, so the prediction is class 0 and the
+/// frame's normalized entropy is that of one vector; a frame labeled all 1 has mIoU 0 (failed),
+/// one labeled all 0 has mIoU 1. Returns the folders and the `(entropy, failed)` of each frame.
+fn closed_form_frames(dir: &Path, frames: usize) -> (String, String, Vec<(f64, bool)>) {
+    let (logits, labels) = (dir.join("logits"), dir.join("labels"));
+    fs::create_dir_all(&logits).unwrap();
+    fs::create_dir_all(&labels).unwrap();
+    let mut truth = Vec::new();
+    for i in 0..frames {
+        let a = 0.2 + 0.15 * i as f64;
+        let mut values = vec![0.0f32; 3 * 16];
+        values[..16].fill(a as f32);
+        common::write_npy(&logits.join(format!("f{i:02}.npy")), &[3, 4, 4], &values);
+        let failed = i % 3 != 0;
+        let label = vec![u8::from(failed); 16];
+        image::GrayImage::from_raw(4, 4, label)
+            .unwrap()
+            .save(labels.join(format!("f{i:02}.png")))
+            .unwrap();
+
+        // H / ln 3 of softmax([a, 0, 0]) in f64.
+        let a = f64::from(a as f32);
+        let sum = a.exp() + 2.0;
+        let p = [a.exp() / sum, 1.0 / sum, 1.0 / sum];
+        let entropy = -p.iter().map(|q| q * q.ln()).sum::<f64>() / 3f64.ln();
+        truth.push((entropy, failed));
+    }
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    (path(logits), path(labels), truth)
+}
+
+/// Runs `qualm thresholds --recall` on the closed-form frames in `dir`, with `extra` arguments;
+/// returns the output and the calibration path.
+fn recall_run(dir: &Path, recall: &str, extra: &[&str]) -> (Output, PathBuf) {
+    let (logits, labels, _) = closed_form_frames(dir, 30);
+    let out = dir.join("c.toml");
+    let mut args = vec!["thresholds", "--recall", recall, "--logits", &logits, "--labels", &labels];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    (qualm(&args), out)
+}
+
+#[test]
+fn recall_threshold_is_the_finite_sample_order_statistic_of_failed_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, truth) = closed_form_frames(dir.path(), 30);
+    let sha = "cd".repeat(32);
+    let (output, out) = recall_run(dir.path(), "0.8", &["--model-sha256", &sha, "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // 20 failed frames, recall 0.8: k = floor(21 * 0.2) = 4, the 4th smallest failed entropy.
+    let mut failed: Vec<f64> = truth.iter().filter(|t| t.1).map(|t| t.0).collect();
+    failed.sort_by(f64::total_cmp);
+    assert_eq!(failed.len(), 20);
+    let expected = failed[3];
+    let calibration = Calibration::load(&out).unwrap();
+    assert_eq!(calibration.gate.statistic, Statistic::MeanEntropy);
+    assert!((f64::from(calibration.gate.threshold) - expected).abs() < 1e-5, "{calibration:?}");
+    assert_eq!(calibration.model_sha256, sha);
+
+    // Kept: failed frames at or above the 4th smallest (17 of 20), and passed frames above it.
+    let passed_kept = truth.iter().filter(|t| !t.1 && t.0 >= expected - 1e-7).count();
+    assert_eq!(json["kept_failed"], 17, "{json}");
+    assert_eq!(json["kept_passed"].as_u64(), Some(passed_kept as u64), "{json}");
+    assert_eq!(json["failed_frames"], 20);
+    assert_eq!(json["method"], "recall");
+    assert!(json["statement"].as_str().unwrap().contains("P(kept) >= 0.8"), "{json}");
+
+    // The gate keeps exactly the frames the summary counts.
+    let kept = truth
+        .iter()
+        .filter(|t| {
+            let stats = FrameStats { mean_entropy: t.0 as f32, ..FrameStats::default() };
+            calibration.gate.decide(&stats).is_keep()
+        })
+        .count();
+    assert_eq!(kept, 17 + passed_kept);
+}
+
+#[test]
+fn recall_with_too_few_failed_frames_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "cd".repeat(32);
+    let (output, out) = recall_run(dir.path(), "0.99", &["--model-sha256", &sha]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("needs at least 99 failed frames"), "{message}");
+    assert!(message.contains("found 20 of 30 frames"), "{message}");
+    assert!(!out.exists(), "no calibration written");
+
+    // Logits alone do not say which model made them.
+    let (output, _) = recall_run(dir.path(), "0.5", &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("expected --model-sha256 with --logits"), "{message}");
 }
 
 #[test]
