@@ -59,7 +59,7 @@ struct LabeledFrame {
     statistics: [f32; Statistic::ALL.len()],
     /// Calibration sums of its labeled pixels.
     calibration: CalibrationSums,
-    /// Scores of its labeled, finite pixels, in [`Score`] order.
+    /// Scores of its labeled pixels, in [`Score`] order.
     scores: Vec<[f32; SCORES]>,
     /// Whether each of those pixels is predicted wrong.
     errors: Vec<bool>,
@@ -67,8 +67,6 @@ struct LabeledFrame {
     confusion: Vec<u64>,
     /// Classes of the frame's logits.
     classes: usize,
-    /// Labeled pixels whose logits were not finite (scored by no metric).
-    nonfinite: u64,
     /// Pixels labeled 255.
     ignored: u64,
 }
@@ -128,7 +126,7 @@ pub type StatisticValues = [f32; Statistic::ALL.len()];
 pub struct FrameOutcome {
     /// The frame statistics, over the whole frame.
     pub statistics: StatisticValues,
-    /// mIoU over labeled, finite pixels (see [`miou_and_accuracy`]); `None` without any.
+    /// mIoU over labeled pixels (see [`miou_and_accuracy`]); `None` without any.
     pub miou: Option<f64>,
     /// Pixel accuracy over the same pixels.
     pub accuracy: Option<f64>,
@@ -146,8 +144,7 @@ pub fn frame_outcome(logits: &Logits, frame: &Frame, config: &StatsConfig) -> Re
     let classes = logits.classes;
     let mut confusion = vec![0u64; classes * classes];
     for (index, &label) in labels.iter().enumerate() {
-        let finite = maps.scores[index].iter().all(|s| s.is_finite());
-        if label != IGNORE_LABEL && finite {
+        if label != IGNORE_LABEL {
             let predicted = usize::from(maps.classes[index]);
             confusion[usize::from(label) * classes + predicted] += 1;
         }
@@ -173,7 +170,6 @@ fn score_labeled(logits: Logits, frame: &Frame, config: &StatsConfig) -> Result<
         errors: Vec::with_capacity(labels.len()),
         confusion: vec![0; classes * classes],
         classes,
-        nonfinite: 0,
         ignored: 0,
     };
     for (index, &label) in labels.iter().enumerate() {
@@ -182,10 +178,6 @@ fn score_labeled(logits: Logits, frame: &Frame, config: &StatsConfig) -> Result<
             continue;
         }
         let scores = maps.scores[index];
-        if scores.iter().any(|s| !s.is_finite()) {
-            scored.nonfinite += 1;
-            continue;
-        }
         let predicted = maps.classes[index];
         scored.scores.push(scores);
         scored.errors.push(predicted != label);
@@ -311,7 +303,6 @@ struct Report {
     frames: usize,
     pixels: u64,
     ignored: u64,
-    nonfinite: u64,
     calibration: Result<CalibrationSummary, Undefined>,
     miou: Option<f64>,
     /// One per [`Score::ALL`].
@@ -403,7 +394,6 @@ impl Report {
             frames: frames.len(),
             pixels: calibration.pixels,
             ignored: frames.iter().map(|f| f.ignored).sum(),
-            nonfinite: frames.iter().map(|f| f.nonfinite).sum(),
             calibration: calibration.summary(),
             miou: miou_and_accuracy(&confusion, classes).map(|(miou, _)| miou),
             pixel,
@@ -450,7 +440,6 @@ impl Report {
         top.insert("frames".into(), json!(self.frames));
         top.insert("pixels".into(), json!(self.pixels));
         top.insert("ignored_pixels".into(), json!(self.ignored));
-        top.insert("nonfinite_pixels".into(), json!(self.nonfinite));
         top.insert("temperature".into(), json!(config.stats.temperature.get()));
         top.insert("data".into(), json!(config.dataset.description));
         insert_calibration(&mut top, &self.calibration);
@@ -560,11 +549,10 @@ impl Report {
 
     fn print(&self, config: &Config) {
         println!(
-            "{} frames, {} labeled pixels ({} ignored, {} non-finite), temperature {}",
+            "{} frames, {} labeled pixels ({} ignored), temperature {}",
             self.frames,
             self.pixels,
             self.ignored,
-            self.nonfinite,
             config.stats.temperature.get()
         );
         match &self.calibration {

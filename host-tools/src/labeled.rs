@@ -227,10 +227,12 @@ impl LogitsSource {
     }
 
     fn logits(&mut self, input: &Path) -> Result<Logits> {
-        match self {
-            Self::Model(model) => run_model(model, input),
-            Self::Npy => read_logits(input),
-        }
+        let logits = match self {
+            Self::Model(model) => run_model(model, input)?,
+            Self::Npy => read_logits(input)?,
+        };
+        check_finite(&logits, input)?;
+        Ok(logits)
     }
 }
 
@@ -278,6 +280,27 @@ fn run_model(model: &mut SegmentationModel, path: &Path) -> Result<Logits> {
         }
     }
     Ok(Logits { values, classes, height, width })
+}
+
+/// Refuses logits with NaN or `+inf`: a metric over labeled pixels has no honest value for
+/// them, and leaving them out silently would shrink the data behind the user's back. `-inf` is
+/// a valid logit (a class ruled out).
+///
+/// # Errors
+/// Names the file, the first such value, its class and pixel.
+pub fn check_finite(logits: &Logits, path: &Path) -> Result<()> {
+    let bad = logits.values.iter().position(|z| z.is_nan() || *z == f32::INFINITY);
+    if let Some(index) = bad {
+        let (class, pixel) = (index / logits.pixels(), index % logits.pixels());
+        bail!(
+            "{}: expected finite logits (or -inf), found {} for class {class} at x {}, y {}",
+            path.display(),
+            logits.values[index],
+            pixel % logits.width,
+            pixel / logits.width
+        );
+    }
+    Ok(())
 }
 
 /// Reads a .npy of float32 or float16 class logits `[C, H, W]` or `[1, C, H, W]`.

@@ -281,3 +281,66 @@ fn ignore_pixels_only_gives_null_calibration_with_a_reason() {
     assert!(ours["scores"]["entropy"]["pixel"]["auroc"].is_null());
     assert_eq!(ours["pixels"].as_u64(), Some(0));
 }
+
+/// One frame `a` of 2 x 3 x 3 logits and a label, in folders of their own; returns the
+/// arguments of `qualm evaluate` for them.
+fn one_frame(dir: &Path, logits: &[f32], label: image::GrayImage) -> Vec<String> {
+    let (logits_dir, labels_dir) = (dir.join("logits"), dir.join("labels"));
+    std::fs::create_dir_all(&logits_dir).unwrap();
+    std::fs::create_dir_all(&labels_dir).unwrap();
+    write_npy(&logits_dir.join("a.npy"), &[2, 3, 3], logits);
+    label.save(labels_dir.join("a.png")).unwrap();
+    let path = |p: PathBuf| p.to_str().unwrap().to_string();
+    ["evaluate", "--logits", &path(logits_dir), "--labels", &path(labels_dir), "--json"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Runs qualm with `args`, expects exit code 1, and returns stderr.
+fn refused(args: &[String]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_qualm")).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "no partial report");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_inputs_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = image::GrayImage::new(3, 3);
+
+    // NaN and +inf logits: one line naming the file, class and pixel.
+    let mut values = [0.5f32; 18];
+    values[9 + 4] = f32::NAN;
+    let message = refused(&one_frame(&dir.path().join("nan"), &values, zeros.clone()));
+    assert!(message.contains("a.npy: expected finite logits (or -inf), found NaN"), "{message}");
+    assert!(message.contains("class 1 at x 1, y 1"), "{message}");
+
+    // -inf is a class ruled out, not an error.
+    values[9 + 4] = f32::NEG_INFINITY;
+    let args = one_frame(&dir.path().join("neg"), &values, zeros.clone());
+    let output = Command::new(env!("CARGO_BIN_EXE_qualm")).args(&args).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // A label of another size, and a label with a class id the logits do not have.
+    let message =
+        refused(&one_frame(&dir.path().join("size"), &[0.0; 18], image::GrayImage::new(4, 3)));
+    assert!(message.contains("a.png: expected a label of 3x3"), "{message}");
+    assert!(message.contains("found 4x3"), "{message}");
+    let mut label = zeros.clone();
+    label.put_pixel(2, 0, image::Luma([7]));
+    let message = refused(&one_frame(&dir.path().join("class"), &[0.0; 18], label));
+    assert!(message.contains("a.png: expected class ids 0 to 1 or 255"), "{message}");
+    assert!(message.contains("found 7 at x 2, y 0"), "{message}");
+
+    // A missing label, and an empty folder.
+    let args = one_frame(&dir.path().join("missing"), &[0.0; 18], zeros);
+    std::fs::remove_file(dir.path().join("missing/labels/a.png")).unwrap();
+    let message = refused(&args);
+    assert!(message.contains("a.png: expected the label of frame"), "{message}");
+    std::fs::remove_file(dir.path().join("missing/logits/a.npy")).unwrap();
+    let message = refused(&args);
+    assert!(message.contains("logits: expected at least one .npy file, found none"), "{message}");
+}
