@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::evaluate::insert_calibration;
-use crate::labeled::DataArgs;
+use crate::labeled::{DataArgs, Dataset};
 use crate::metrics::{
     CalibrationSummary, CalibrationSums, FitSample, TemperatureFit, Undefined, fit_temperature,
 };
@@ -55,10 +55,25 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         bail!("expected --fit-stride of at least 1, found 0");
     }
     let dataset = args.data.to_dataset()?;
+    let report = calibrate(&dataset, args.fit_stride)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(&dataset.description))?);
+    } else {
+        report.print(&dataset.description);
+    }
+    Ok(())
+}
+
+/// Fits the temperature on every `stride`-th labeled pixel of `dataset` and measures the
+/// calibration metrics at `T = 1` and at the fitted `T` over every labeled pixel.
+///
+/// # Errors
+/// When a frame, label or model cannot be read, the frames disagree on the class count, or no
+/// pixel is labeled.
+pub(crate) fn calibrate(dataset: &Dataset, stride: usize) -> Result<Calibrated> {
     let started = std::time::Instant::now();
 
     // Pass 1: metrics at T = 1 over all pixels, and the fit sample.
-    let stride = args.fit_stride;
     let first = dataset.map_frames(&dataset.frames, "logits", |logits, frame| {
         let labels = frame.read_label(&logits)?;
         let mut sums = CalibrationSums::default();
@@ -120,7 +135,7 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
     let second_seconds = second_started.elapsed().as_secs_f64();
 
-    let report = Calibrated {
+    Ok(Calibrated {
         frames: dataset.frames.len(),
         ignored,
         stride,
@@ -129,24 +144,21 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
         before: before.summary(),
         after: after.summary(),
         seconds: [first_seconds, fit_seconds, second_seconds],
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json(&dataset.description))?);
-    } else {
-        report.print(&dataset.description);
-    }
-    Ok(())
+    })
 }
 
 /// The outcome of a run.
-struct Calibrated {
+pub(crate) struct Calibrated {
     frames: usize,
     ignored: u64,
     stride: usize,
     fit_pixels: usize,
-    fit: TemperatureFit,
-    before: Result<CalibrationSummary, Undefined>,
-    after: Result<CalibrationSummary, Undefined>,
+    /// The temperature fit.
+    pub(crate) fit: TemperatureFit,
+    /// Metrics at `T = 1`.
+    pub(crate) before: Result<CalibrationSummary, Undefined>,
+    /// Metrics at the fitted temperature.
+    pub(crate) after: Result<CalibrationSummary, Undefined>,
     /// Seconds of the first pass, the fit and the second pass.
     seconds: [f64; 3],
 }

@@ -18,7 +18,8 @@ use serde_json::{Map, Value, json};
 
 use crate::labeled::{DataArgs, Dataset, Frame, Logits};
 use crate::metrics::{
-    CalibrationSummary, CalibrationSums, IGNORE_LABEL, Metric, Ranking, Undefined, ranking_metrics,
+    CalibrationSummary, CalibrationSums, Curves, IGNORE_LABEL, Metric, Ranking, Undefined, curves,
+    ranking_metrics,
 };
 
 /// Arguments of `qualm evaluate`.
@@ -53,22 +54,27 @@ pub struct EvaluateArgs {
     json: bool,
 }
 
+/// Max-softmax at or above which a wrong pixel counts as confidently wrong.
+pub const CONFIDENTLY_WRONG: f32 = 0.9;
+
 /// What one labeled frame contributes.
-struct LabeledFrame {
+pub(crate) struct LabeledFrame {
     /// Values of [`Statistic::ALL`] in order, over the whole frame (as the camera sees it).
-    statistics: [f32; Statistic::ALL.len()],
+    pub(crate) statistics: StatisticValues,
     /// Calibration sums of its labeled pixels.
-    calibration: CalibrationSums,
+    pub(crate) calibration: CalibrationSums,
     /// Scores of its labeled pixels, in [`Score`] order.
-    scores: Vec<[f32; SCORES]>,
+    pub(crate) scores: Vec<[f32; SCORES]>,
     /// Whether each of those pixels is predicted wrong.
-    errors: Vec<bool>,
+    pub(crate) errors: Vec<bool>,
     /// Confusion counts `[label, prediction]` row-major, `classes x classes`.
-    confusion: Vec<u64>,
+    pub(crate) confusion: Vec<u64>,
     /// Classes of the frame's logits.
-    classes: usize,
+    pub(crate) classes: usize,
     /// Pixels labeled 255.
-    ignored: u64,
+    pub(crate) ignored: u64,
+    /// Wrong pixels with max-softmax at least [`CONFIDENTLY_WRONG`].
+    pub(crate) confidently_wrong: u64,
 }
 
 /// Name of a per-pixel score in reports.
@@ -171,6 +177,7 @@ fn score_labeled(logits: Logits, frame: &Frame, config: &StatsConfig) -> Result<
         confusion: vec![0; classes * classes],
         classes,
         ignored: 0,
+        confidently_wrong: 0,
     };
     for (index, &label) in labels.iter().enumerate() {
         if label == IGNORE_LABEL {
@@ -179,8 +186,11 @@ fn score_labeled(logits: Logits, frame: &Frame, config: &StatsConfig) -> Result<
         }
         let scores = maps.scores[index];
         let predicted = maps.classes[index];
+        let wrong = predicted != label;
+        let confident = scores[Score::MaxSoftmax.index()] >= CONFIDENTLY_WRONG;
+        scored.confidently_wrong += u64::from(wrong && confident);
         scored.scores.push(scores);
-        scored.errors.push(predicted != label);
+        scored.errors.push(wrong);
         scored.confusion[usize::from(label) * classes + usize::from(predicted)] += 1;
     }
     let temperature = f64::from(config.temperature.get());
@@ -214,12 +224,17 @@ pub fn miou_and_accuracy(confusion: &[u64], classes: usize) -> Option<(f64, f64)
 }
 
 /// Validated settings of a run.
-struct Config {
-    dataset: Dataset,
-    stats: StatsConfig,
-    failed_iou: f64,
-    failed_accuracy: Option<f64>,
-    ood: Vec<(String, Vec<Frame>)>,
+pub(crate) struct Config {
+    /// The labeled frames.
+    pub(crate) dataset: Dataset,
+    /// Statistics settings, with the temperature.
+    pub(crate) stats: StatsConfig,
+    /// Frame mIoU below which a frame has failed.
+    pub(crate) failed_iou: f64,
+    /// Pixel accuracy below which a frame has failed too, when set.
+    pub(crate) failed_accuracy: Option<f64>,
+    /// Out-of-distribution sets: name and frames.
+    pub(crate) ood: Vec<(String, Vec<Frame>)>,
 }
 
 impl EvaluateArgs {
@@ -235,23 +250,32 @@ impl EvaluateArgs {
         }
 
         let dataset = self.data.to_dataset()?;
-        let mut ood = Vec::new();
-        for dir in &self.ood {
-            let name = dir
-                .file_name()
-                .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-            if ood.iter().any(|(other, _)| *other == name) {
-                bail!(
-                    "{}: expected --ood folders of distinct names, found {name} twice",
-                    dir.display()
-                );
-            }
-            ood.push((name, dataset.unlabeled(dir)?));
-        }
+        let ood = ood_sets(&dataset, &self.ood)?;
         let stats = StatsConfig { temperature, ..StatsConfig::default() };
         let (failed_iou, failed_accuracy) = (self.failed_iou, self.failed_accuracy);
         Ok(Config { dataset, stats, failed_iou, failed_accuracy, ood })
     }
+}
+
+/// The unlabeled frames of each `--ood` folder, named by the folder.
+///
+/// # Errors
+/// When a folder cannot be read, holds no frame, or two folders share a name.
+pub(crate) fn ood_sets(dataset: &Dataset, dirs: &[PathBuf]) -> Result<Vec<(String, Vec<Frame>)>> {
+    let mut ood: Vec<(String, Vec<Frame>)> = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        if ood.iter().any(|(other, _)| *other == name) {
+            bail!(
+                "{}: expected --ood folders of distinct names, found {name} twice",
+                dir.display()
+            );
+        }
+        ood.push((name, dataset.unlabeled(dir)?));
+    }
+    Ok(ood)
 }
 
 /// Runs `qualm evaluate`.
@@ -260,6 +284,21 @@ impl EvaluateArgs {
 /// When an argument is invalid, or a frame, label or model cannot be read or does not fit.
 pub fn run(args: &EvaluateArgs) -> Result<()> {
     let config = args.to_config()?;
+    let (report, _) = measure(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json(&config))?);
+    } else {
+        report.print(&config);
+    }
+    Ok(())
+}
+
+/// Scores every labeled and OOD frame of `config` and measures the metrics; returns them with
+/// the labeled frames' contributions, in frame order.
+///
+/// # Errors
+/// When a frame, label or model cannot be read or does not fit.
+pub(crate) fn measure(config: &Config) -> Result<(Report, Vec<LabeledFrame>)> {
     let dataset = &config.dataset;
     let started = std::time::Instant::now();
     tracing::info!(frames = dataset.frames.len(), threads = dataset.threads, "evaluating");
@@ -288,39 +327,36 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         ood.push((name.clone(), values));
     }
 
-    let report = Report::new(&config, &frames, &ood);
+    let report = Report::new(config, &frames, &ood);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "evaluation done");
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json(&config))?);
-    } else {
-        report.print(&config);
-    }
-    Ok(())
+    Ok((report, frames))
 }
 
 /// Everything measured, before formatting.
-struct Report {
-    frames: usize,
-    pixels: u64,
-    ignored: u64,
-    calibration: Result<CalibrationSummary, Undefined>,
-    miou: Option<f64>,
+pub(crate) struct Report {
+    pub(crate) frames: usize,
+    pub(crate) pixels: u64,
+    pub(crate) ignored: u64,
+    pub(crate) calibration: Result<CalibrationSummary, Undefined>,
+    pub(crate) miou: Option<f64>,
     /// One per [`Score::ALL`].
-    pixel: Vec<Ranking>,
+    pub(crate) pixel: Vec<Ranking>,
+    /// ROC and risk-coverage curves of the pixels, one per [`Score::ALL`].
+    pub(crate) curves: Vec<Curves>,
     /// Frames with a labeled pixel, and of them the failed ones.
-    judged_frames: usize,
-    failed_frames: usize,
+    pub(crate) judged_frames: usize,
+    pub(crate) failed_frames: usize,
     /// One per [`Statistic::ALL`]: failed frames against the others.
-    failed: Vec<Ranking>,
+    pub(crate) failed: Vec<Ranking>,
     /// Per OOD set: its frame count and one ranking per [`Statistic::ALL`].
-    ood: Vec<(String, usize, Vec<Ranking>)>,
+    pub(crate) ood: Vec<(String, usize, Vec<Ranking>)>,
 }
 
 impl Report {
     fn new(
         config: &Config,
         frames: &[LabeledFrame],
-        ood: &[(String, Vec<[f32; Statistic::ALL.len()]>)],
+        ood: &[(String, Vec<StatisticValues>)],
     ) -> Self {
         let mut calibration = CalibrationSums::default();
         let classes = frames[0].classes;
@@ -333,7 +369,7 @@ impl Report {
         }
 
         // Pooled pixels, one sort per score, the four on threads of their own.
-        let pixel = std::thread::scope(|scope| {
+        let pixel: Vec<(Ranking, Curves)> = std::thread::scope(|scope| {
             let handles: Vec<_> = Score::ALL
                 .map(|score| {
                     scope.spawn(move || {
@@ -343,22 +379,29 @@ impl Report {
                             .flat_map(|f| f.scores.iter().zip(&f.errors))
                             .map(|(s, &e)| (statistic.uncertainty(s[score.index()]), e))
                             .collect();
-                        ranking_metrics(&mut pairs)
+                        let ranking = ranking_metrics(&mut pairs);
+                        (ranking, curves(&pairs))
                     })
                 })
                 .into_iter()
                 .collect();
             handles.into_iter().map(|h| h.join().expect("metric worker panicked")).collect()
         });
+        let (pixel, pixel_curves): (Vec<Ranking>, Vec<Curves>) = pixel.into_iter().unzip();
 
         // Failed frames: mIoU (or, when asked, accuracy) below target.
-        let judged: Vec<(&LabeledFrame, bool)> = frames
+        let frame_failed: Vec<Option<bool>> = frames
             .iter()
-            .filter_map(|f| {
+            .map(|f| {
                 let (miou, accuracy) = miou_and_accuracy(&f.confusion, f.classes)?;
                 let low_accuracy = config.failed_accuracy.is_some_and(|a| accuracy < a);
-                Some((f, miou < config.failed_iou || low_accuracy))
+                Some(miou < config.failed_iou || low_accuracy)
             })
+            .collect();
+        let judged: Vec<(&LabeledFrame, bool)> = frames
+            .iter()
+            .zip(&frame_failed)
+            .filter_map(|(f, failed)| Some((f, (*failed)?)))
             .collect();
         let failed = (0..Statistic::ALL.len())
             .map(|i| {
@@ -397,6 +440,7 @@ impl Report {
             calibration: calibration.summary(),
             miou: miou_and_accuracy(&confusion, classes).map(|(miou, _)| miou),
             pixel,
+            curves: pixel_curves,
             judged_frames: judged.len(),
             failed_frames: judged.iter().filter(|(_, failed)| *failed).count(),
             failed,
@@ -404,7 +448,8 @@ impl Report {
         }
     }
 
-    fn failure_definition(config: &Config) -> String {
+    /// What "failed" means, in words.
+    pub(crate) fn failure_definition(config: &Config) -> String {
         let mut text = format!("frame mIoU below {}", config.failed_iou);
         if let Some(accuracy) = config.failed_accuracy {
             text.push_str(&format!(", or pixel accuracy below {accuracy}"));
@@ -435,7 +480,8 @@ impl Report {
         }
     }
 
-    fn to_json(&self, config: &Config) -> Value {
+    /// The JSON object of `qualm evaluate --json`.
+    pub(crate) fn to_json(&self, config: &Config) -> Value {
         let mut top = Map::new();
         top.insert("frames".into(), json!(self.frames));
         top.insert("pixels".into(), json!(self.pixels));
@@ -510,7 +556,8 @@ impl Report {
         Value::Object(sets)
     }
 
-    fn best_json(&self) -> Value {
+    /// The best score and statistics, against max-softmax.
+    pub(crate) fn best_json(&self) -> Value {
         let baseline = self.pixel[0].auroc;
         let best_pixel = Score::ALL
             .iter()

@@ -20,5 +20,7 @@ pub mod evaluate;
 pub mod inspect;
 pub mod labeled;
 pub mod metrics;
+pub mod plot;
+pub mod report;
 pub mod stats;
 pub mod thresholds;

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qualm_tools::{calibrate, evaluate, inspect, stats, thresholds};
+use qualm_tools::{calibrate, evaluate, inspect, report, stats, thresholds};
 
 /// Inspect models, compute frame statistics and choose gate thresholds for qualmd.
 #[derive(Debug, Parser)]
@@ -29,6 +29,9 @@ enum Command {
     /// Measure how well each uncertainty score flags wrong pixels, failed frames and
     /// out-of-distribution frames on labeled data.
     Evaluate(evaluate::EvaluateArgs),
+    /// Write one self-contained HTML page: metrics, reliability diagram, ROC and risk-coverage
+    /// curves, score histograms, frame panels and a verdict on which score to trust.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Thresholds(args) => thresholds::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -143,6 +143,66 @@ pub fn ranking_metrics(pairs: &mut [(f32, bool)]) -> Ranking {
     }
 }
 
+/// Points of the ROC and risk-coverage curves, for plots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Curves {
+    /// `(false positive rate, true positive rate)` from `(0, 0)` to `(1, 1)`, one point per
+    /// threshold (thinned to at most [`CURVE_POINTS`]).
+    pub roc: Vec<(f64, f64)>,
+    /// `(coverage, risk)`: accepting the most certain share `coverage` of the items, the share of
+    /// positives among them; from the most certain threshold to coverage 1.
+    pub risk_coverage: Vec<(f64, f64)>,
+}
+
+/// Most points kept per curve.
+pub const CURVE_POINTS: usize = 256;
+
+/// The curves of `pairs` as sorted by [`ranking_metrics`] (decreasing uncertainty); empty when
+/// the ROC curve is undefined (one class only) or there are no items.
+pub fn curves(pairs: &[(f32, bool)]) -> Curves {
+    let n = pairs.len();
+    let positives = pairs.iter().filter(|p| p.1).count();
+    let negatives = n - positives;
+    if n == 0 {
+        return Curves::default();
+    }
+
+    // One point per tie group, walking from the most uncertain down (ROC) and back (risk).
+    let mut roc = vec![(0.0, 0.0)];
+    let mut risk_coverage = Vec::new();
+    let (mut true_positives, mut false_positives) = (0usize, 0usize);
+    let groups: Vec<&[(f32, bool)]> = tie_groups(pairs).collect();
+    for group in &groups {
+        let group_positives = group.iter().filter(|x| x.1).count();
+        true_positives += group_positives;
+        false_positives += group.len() - group_positives;
+        if positives > 0 && negatives > 0 {
+            let fpr = false_positives as f64 / negatives as f64;
+            roc.push((fpr, true_positives as f64 / positives as f64));
+        }
+    }
+    let (mut accepted, mut accepted_positives) = (0usize, 0usize);
+    for group in groups.iter().rev() {
+        accepted += group.len();
+        accepted_positives += group.iter().filter(|x| x.1).count();
+        let risk = accepted_positives as f64 / accepted as f64;
+        risk_coverage.push((accepted as f64 / n as f64, risk));
+    }
+    if positives == 0 || negatives == 0 {
+        roc.clear();
+    }
+    Curves { roc: thin(roc), risk_coverage: thin(risk_coverage) }
+}
+
+/// At most [`CURVE_POINTS`] of `points`, evenly spaced by index, first and last kept.
+fn thin(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    if points.len() <= CURVE_POINTS {
+        return points;
+    }
+    let last = points.len() - 1;
+    (0..CURVE_POINTS).map(|i| points[i * last / (CURVE_POINTS - 1)]).collect()
+}
+
 /// Runs of equal values in a sorted slice.
 fn tie_groups(pairs: &[(f32, bool)]) -> impl Iterator<Item = &[(f32, bool)]> {
     pairs.chunk_by(|a, b| a.0.total_cmp(&b.0).is_eq())
@@ -547,6 +607,18 @@ mod tests {
         assert_eq!(r.aurc, Ok(0.0));
         let r = ranking_metrics(&mut []);
         assert_eq!(r.aurc, Err(Undefined::Empty));
+    }
+
+    #[test]
+    fn curves_step_through_the_tie_groups() {
+        // Sorted: 0.9 (positive), 0.5 (positive, negative), 0.1 (negative).
+        let mut p = pairs(&[(0.1, false), (0.5, true), (0.9, true), (0.5, false)]);
+        ranking_metrics(&mut p);
+        let c = curves(&p);
+        assert_eq!(c.roc, vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]);
+        // Accept 0.1 (risk 0), then the 0.5 pair (1 of 3), then 0.9 (2 of 4).
+        assert_eq!(c.risk_coverage, vec![(0.25, 0.0), (0.75, 1.0 / 3.0), (1.0, 0.5)]);
+        assert!(curves(&pairs(&[(0.2, false)])).roc.is_empty());
     }
 
     #[test]
