@@ -5,7 +5,9 @@
 //! the metrics before and after are over every labeled pixel, in two passes over the frames
 //! (the second recomputes the logits rather than keeping them all).
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::evaluate::insert_calibration;
@@ -13,6 +15,7 @@ use crate::labeled::{DataArgs, Dataset};
 use crate::metrics::{
     CalibrationSummary, CalibrationSums, FitSample, TemperatureFit, Undefined, fit_temperature,
 };
+use crate::plot::{LineChart, Series};
 
 /// Smallest temperature the fit considers.
 const LOWER_TEMPERATURE: f64 = 0.05;
@@ -31,6 +34,11 @@ pub struct CalibrateArgs {
     /// to bound memory; metrics are still over every labeled pixel.
     #[arg(long, value_name = "K", default_value_t = 4)]
     fit_stride: usize,
+
+    /// Draw the reliability diagram (before and after the temperature) to FILE.png and
+    /// FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
 
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -56,6 +64,15 @@ pub fn run(args: &CalibrateArgs) -> Result<()> {
     }
     let dataset = args.data.to_dataset()?;
     let report = calibrate(&dataset, args.fit_stride)?;
+    if let Some(plot) = &args.plot {
+        let chart = report.reliability_chart();
+        for (extension, bytes) in [("png", chart.to_png()?), ("svg", chart.to_svg()?.into_bytes())]
+        {
+            let path = plot.with_extension(extension);
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json(&dataset.description))?);
     } else {
@@ -164,6 +181,31 @@ pub(crate) struct Calibrated {
 }
 
 impl Calibrated {
+    /// The reliability diagram: accuracy against mean confidence of each non-empty bin, at
+    /// `T = 1` and at the fitted temperature, with the diagonal of perfect calibration.
+    pub(crate) fn reliability_chart(&self) -> LineChart {
+        let bins = |summary: &Result<CalibrationSummary, Undefined>| -> Vec<(f64, f64)> {
+            summary
+                .as_ref()
+                .map_or(vec![], |s| s.bins.iter().map(|b| (b.confidence, b.accuracy)).collect())
+        };
+        LineChart {
+            title: "Reliability diagram (15 bins of top-label confidence)".into(),
+            x_label: "mean confidence in bin".into(),
+            y_label: "accuracy in bin".into(),
+            x_range: (0.0, 1.0),
+            y_range: (0.0, 1.0),
+            series: vec![
+                Series { name: "raw (T = 1)".into(), points: bins(&self.before) },
+                Series {
+                    name: format!("T = {:.3}", self.fit.temperature),
+                    points: bins(&self.after),
+                },
+            ],
+            diagonal: true,
+        }
+    }
+
     fn to_json(&self, data: &str) -> Value {
         let mut top = Map::new();
         top.insert("temperature".into(), json!(self.fit.temperature));

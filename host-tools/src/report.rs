@@ -170,28 +170,7 @@ fn charts(
 ) -> Result<Vec<(String, LineChart)>> {
     let mut charts = Vec::new();
 
-    // Reliability: accuracy against mean confidence of each non-empty bin.
-    let bins = |summary: &Result<CalibrationSummary, _>| -> Vec<(f64, f64)> {
-        summary
-            .as_ref()
-            .map_or(vec![], |s| s.bins.iter().map(|b| (b.confidence, b.accuracy)).collect())
-    };
-    let fitted = calibrated.fit.temperature;
-    charts.push((
-        "reliability".to_string(),
-        LineChart {
-            title: "Reliability diagram (15 bins of top-label confidence)".into(),
-            x_label: "mean confidence in bin".into(),
-            y_label: "accuracy in bin".into(),
-            x_range: (0.0, 1.0),
-            y_range: (0.0, 1.0),
-            series: vec![
-                Series { name: "raw (T = 1)".into(), points: bins(&calibrated.before) },
-                Series { name: format!("T = {fitted:.3}"), points: bins(&calibrated.after) },
-            ],
-            diagonal: true,
-        },
-    ));
+    charts.push(("reliability".to_string(), calibrated.reliability_chart()));
 
     let per_score = |pick: fn(&crate::metrics::Curves) -> &Vec<(f64, f64)>| -> Vec<Series> {
         Score::ALL

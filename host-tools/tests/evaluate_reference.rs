@@ -344,3 +344,42 @@ fn bad_inputs_are_refused_naming_the_file() {
     let message = refused(&args);
     assert!(message.contains("logits: expected at least one .npy file, found none"), "{message}");
 }
+
+#[test]
+fn calibrate_fits_the_nll_minimum_and_reports_the_reference_metrics() {
+    let case = generate(21, 12, 4, (20, 20), &Draw::Noisy { noise: 1.3 });
+    let plot = case.logits.with_file_name("reliability");
+    let output = Command::new(env!("CARGO_BIN_EXE_qualm"))
+        .arg("calibrate")
+        .arg("--logits")
+        .arg(&case.logits)
+        .arg("--labels")
+        .arg(&case.labels)
+        .args(["--fit-stride", "1", "--json", "--plot"])
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ours: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let temperature = ours["temperature"].as_f64().unwrap();
+    assert!(ours["fit"]["converged"].as_bool().unwrap(), "{ours}");
+
+    // The metrics at the fitted T and at T = 1 are the reference's at those temperatures.
+    let at_fit = reference(&case, temperature, 0.5);
+    let at_one = reference(&case, 1.0, 0.5);
+    for key in ["accuracy", "ece", "mce", "nll", "brier"] {
+        assert_close(key, &ours[key], &at_fit[key], 1e-5);
+        assert_close(&format!("before {key}"), &ours["before"][key], &at_one[key], 1e-5);
+    }
+
+    // The fitted T minimizes the reference NLL: 1% either side is no better.
+    let nll = |t: f64| reference(&case, t, 0.5)["nll"].as_f64().unwrap();
+    let best = nll(temperature);
+    assert!(best <= nll(temperature * 1.01) + 1e-9 && best <= nll(temperature / 1.01) + 1e-9);
+    assert!((temperature - 1.0).abs() > 0.05, "the case needs a temperature away from 1");
+
+    for extension in ["png", "svg"] {
+        let path = plot.with_extension(extension);
+        assert!(std::fs::metadata(&path).unwrap().len() > 1000, "{}", path.display());
+    }
+}
