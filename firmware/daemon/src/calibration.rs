@@ -4,7 +4,8 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use qualm_core::{Gate, Temperature};
+use qualm_core::policy::RULE_CAPACITY;
+use qualm_core::{Combine, Gate, Rules, Temperature};
 use serde::{Deserialize, Serialize};
 
 /// Where a threshold came from, for the people who read the file later.
@@ -90,6 +91,42 @@ impl Calibration {
     pub fn temperature(&self) -> anyhow::Result<Temperature> {
         Temperature::try_new(self.temperature)
             .map_err(|found| anyhow::anyhow!("expected a temperature above 0, found {found}"))
+    }
+
+    /// Reads the keep rules of a calibration file: `[gate]`, the rule that also ranks frames
+    /// for the budget, then any `[[rules]]` tables, combined by `combine` (`"any"`, the
+    /// default, or `"all"`). A file with `[gate]` alone is one rule, as before rules existed.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, a threshold is not finite, or there are more
+    /// rules than qualmd holds.
+    pub fn load_rules(path: &Path) -> anyhow::Result<Rules> {
+        #[derive(Deserialize)]
+        struct RuleFile {
+            gate: Gate,
+            #[serde(default)]
+            combine: Combine,
+            #[serde(default)]
+            rules: Vec<Gate>,
+        }
+
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read calibration file {}", path.display()))?;
+        let file: RuleFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid calibration file", path.display()))?;
+        let mut rules = vec![file.gate];
+        rules.extend(file.rules);
+        if let Some(bad) = rules.iter().find(|rule| !rule.threshold.is_finite()) {
+            bail!("{}: expected finite rule thresholds, found {}", path.display(), bad.threshold);
+        }
+        Rules::try_new(file.combine, &rules).map_err(|count| {
+            anyhow::anyhow!(
+                "{}: expected at most {} rules ([gate] and [[rules]]), found {}",
+                path.display(),
+                RULE_CAPACITY,
+                count.0
+            )
+        })
     }
 
     /// Writes the file as TOML, atomically (temporary file, fsync, rename).

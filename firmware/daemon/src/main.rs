@@ -76,6 +76,10 @@ impl Args {
                 source: SourceConfig { frames: None, video: None },
                 max_frames: None,
                 jpeg_quality: 90,
+                roi: None,
+                spool_max_records: None,
+                spool_max_bytes: None,
+                policy: Default::default(),
             },
         };
 
