@@ -145,3 +145,57 @@ impl Calibration {
         crate::spool::write_atomic(path, text.as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use qualm_core::{FrameStats, Statistic};
+
+    use super::*;
+
+    const HEAD: &str = "model_sha256 = \"ab\"\ntemperature = 1.0\nuncertain_level = 0.5\n";
+
+    fn rules_of(dir: &Path, text: &str) -> anyhow::Result<Rules> {
+        let path = dir.join("calibration.toml");
+        fs::write(&path, format!("{HEAD}{text}")).unwrap();
+        Calibration::load_rules(&path)
+    }
+
+    #[test]
+    fn a_file_with_only_a_gate_is_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_of(dir.path(), "[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n")
+            .unwrap();
+        let gate = Gate { statistic: Statistic::MeanEntropy, threshold: 0.3 };
+        assert_eq!((rules.combine, rules.as_slice()), (Combine::Any, &[gate][..]));
+    }
+
+    #[test]
+    fn extra_rules_follow_the_gate_and_combine_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "combine = \"all\"\n[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n\
+                    [[rules]]\nstatistic = \"mean_max_softmax\"\nthreshold = 0.9\n";
+        let rules = rules_of(dir.path(), text).unwrap();
+        assert_eq!(rules.combine, Combine::All);
+        assert_eq!(rules.as_slice()[1].statistic, Statistic::MeanMaxSoftmax);
+        // Entropy 0.5 passes the gate, max-softmax 0.95 does not pass the second rule.
+        let stats =
+            FrameStats { mean_entropy: 0.5, mean_max_softmax: 0.95, ..FrameStats::default() };
+        assert!(!rules.passes(&stats));
+        assert!(Calibration::load(&dir.path().join("calibration.toml")).is_ok());
+    }
+
+    #[test]
+    fn too_many_or_infinite_rules_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = "[[rules]]\nstatistic = \"p90_entropy\"\nthreshold = 0.1\n";
+        let text =
+            format!("[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n{}", rule.repeat(8));
+        let message = format!("{:#}", rules_of(dir.path(), &text).unwrap_err());
+        assert!(message.contains("calibration.toml") && message.contains("found 9"), "{message}");
+
+        let text = "[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n\
+                    [[rules]]\nstatistic = \"p90_entropy\"\nthreshold = inf\n";
+        let message = format!("{:#}", rules_of(dir.path(), text).unwrap_err());
+        assert!(message.contains("expected finite rule thresholds, found inf"), "{message}");
+    }
+}

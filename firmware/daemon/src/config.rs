@@ -191,3 +191,44 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> PolicySettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn policy_durations_become_milliseconds() {
+        let policy = settings(
+            "budget_records = 5\nbudget_window = \"10m\"\ncooldown = \"1s 500ms\"\n\
+             baseline_rate = 0.01\nframe_interval = \"40ms\"",
+        );
+        let config = policy.policy_config().unwrap();
+        assert_eq!(config.budget, Some(Budget { records: 5, window_ms: 600_000 }));
+        assert_eq!((config.cooldown_ms, config.baseline_rate), (1_500, 0.01));
+        assert_eq!(policy.frame_interval_ms().unwrap(), Some(40));
+        assert_eq!(PolicySettings::default().policy_config().unwrap(), PolicyConfig::default());
+    }
+
+    #[test]
+    fn bad_policy_values_name_the_key() {
+        let cases = [
+            ("budget_records = 5", "expected budget_window with budget_records"),
+            (
+                "budget_records = 65\nbudget_window = \"1s\"",
+                "budget_records from 1 to 64, found 65",
+            ),
+            ("budget_records = 1\nbudget_window = \"soon\"", "budget_window as a duration"),
+            ("budget_records = 1\nbudget_window = \"0s\"", "budget_window of at least 1ms"),
+            ("baseline_rate = 2.0", "baseline_rate in [0, 1], found 2"),
+            ("cooldown = \"-1s\"", "cooldown as a duration"),
+        ];
+        for (text, expected) in cases {
+            let message = format!("{:#}", settings(text).policy_config().unwrap_err());
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+    }
+}
