@@ -34,12 +34,14 @@ mod region;
 
 pub mod gate;
 pub mod map;
+pub mod policy;
 pub mod score;
 pub mod stats;
 
 pub use gate::{Decision, Gate, Statistic};
 pub use list::FixedList;
 pub use map::{Element, Layout, MapError, OutputKind, OutputMap, Quantization};
+pub use policy::{Combine, Policy, PolicyConfig, Rules, Verdict};
 pub use region::NO_SEGMENT;
 pub use score::{MAX_CLASSES, PixelScores, SCORES, Score, Temperature, score_logits};
 #[cfg(any(test, feature = "alloc"))]

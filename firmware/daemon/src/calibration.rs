@@ -4,7 +4,8 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use qualm_core::{Gate, Temperature};
+use qualm_core::policy::RULE_CAPACITY;
+use qualm_core::{Combine, Gate, Rules, Temperature};
 use serde::{Deserialize, Serialize};
 
 /// Where a threshold came from, for the people who read the file later.
@@ -92,6 +93,42 @@ impl Calibration {
             .map_err(|found| anyhow::anyhow!("expected a temperature above 0, found {found}"))
     }
 
+    /// Reads the keep rules of a calibration file: `[gate]`, the rule that also ranks frames
+    /// for the budget, then any `[[rules]]` tables, combined by `combine` (`"any"`, the
+    /// default, or `"all"`). A file with `[gate]` alone is one rule, as before rules existed.
+    ///
+    /// # Errors
+    /// When the file cannot be read or parsed, a threshold is not finite, or there are more
+    /// rules than qualmd holds.
+    pub fn load_rules(path: &Path) -> anyhow::Result<Rules> {
+        #[derive(Deserialize)]
+        struct RuleFile {
+            gate: Gate,
+            #[serde(default)]
+            combine: Combine,
+            #[serde(default)]
+            rules: Vec<Gate>,
+        }
+
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read calibration file {}", path.display()))?;
+        let file: RuleFile = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid calibration file", path.display()))?;
+        let mut rules = vec![file.gate];
+        rules.extend(file.rules);
+        if let Some(bad) = rules.iter().find(|rule| !rule.threshold.is_finite()) {
+            bail!("{}: expected finite rule thresholds, found {}", path.display(), bad.threshold);
+        }
+        Rules::try_new(file.combine, &rules).map_err(|count| {
+            anyhow::anyhow!(
+                "{}: expected at most {} rules ([gate] and [[rules]]), found {}",
+                path.display(),
+                RULE_CAPACITY,
+                count.0
+            )
+        })
+    }
+
     /// Writes the file as TOML, atomically (temporary file, fsync, rename).
     ///
     /// # Errors
@@ -106,5 +143,59 @@ impl Calibration {
         ));
         text.push_str(&toml::to_string_pretty(self).context("cannot encode calibration")?);
         crate::spool::write_atomic(path, text.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use qualm_core::{FrameStats, Statistic};
+
+    use super::*;
+
+    const HEAD: &str = "model_sha256 = \"ab\"\ntemperature = 1.0\nuncertain_level = 0.5\n";
+
+    fn rules_of(dir: &Path, text: &str) -> anyhow::Result<Rules> {
+        let path = dir.join("calibration.toml");
+        fs::write(&path, format!("{HEAD}{text}")).unwrap();
+        Calibration::load_rules(&path)
+    }
+
+    #[test]
+    fn a_file_with_only_a_gate_is_one_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules_of(dir.path(), "[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n")
+            .unwrap();
+        let gate = Gate { statistic: Statistic::MeanEntropy, threshold: 0.3 };
+        assert_eq!((rules.combine, rules.as_slice()), (Combine::Any, &[gate][..]));
+    }
+
+    #[test]
+    fn extra_rules_follow_the_gate_and_combine_as_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "combine = \"all\"\n[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n\
+                    [[rules]]\nstatistic = \"mean_max_softmax\"\nthreshold = 0.9\n";
+        let rules = rules_of(dir.path(), text).unwrap();
+        assert_eq!(rules.combine, Combine::All);
+        assert_eq!(rules.as_slice()[1].statistic, Statistic::MeanMaxSoftmax);
+        // Entropy 0.5 passes the gate, max-softmax 0.95 does not pass the second rule.
+        let stats =
+            FrameStats { mean_entropy: 0.5, mean_max_softmax: 0.95, ..FrameStats::default() };
+        assert!(!rules.passes(&stats));
+        assert!(Calibration::load(&dir.path().join("calibration.toml")).is_ok());
+    }
+
+    #[test]
+    fn too_many_or_infinite_rules_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = "[[rules]]\nstatistic = \"p90_entropy\"\nthreshold = 0.1\n";
+        let text =
+            format!("[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n{}", rule.repeat(8));
+        let message = format!("{:#}", rules_of(dir.path(), &text).unwrap_err());
+        assert!(message.contains("calibration.toml") && message.contains("found 9"), "{message}");
+
+        let text = "[gate]\nstatistic = \"mean_entropy\"\nthreshold = 0.3\n\
+                    [[rules]]\nstatistic = \"p90_entropy\"\nthreshold = inf\n";
+        let message = format!("{:#}", rules_of(dir.path(), text).unwrap_err());
+        assert!(message.contains("expected finite rule thresholds, found inf"), "{message}");
     }
 }

@@ -2,9 +2,97 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use qualm_core::policy::{Budget, PolicyConfig};
 use serde::Deserialize;
+
+/// Most records a budget window holds (the policy's fixed candidate capacity).
+pub const BUDGET_CAPACITY: usize = 64;
+
+/// The `[policy]` table: which of the frames that pass the calibration's rules are kept.
+/// Every key is optional; without the table every passing frame is kept.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Most records per budget window (1 to [`BUDGET_CAPACITY`]); no budget when absent.
+    #[serde(default)]
+    pub budget_records: Option<usize>,
+    /// Length of a budget window, e.g. `"10m"`; needed with `budget_records`.
+    #[serde(default)]
+    pub budget_window: Option<String>,
+    /// Share of all frames kept at random whatever their score, e.g. `0.01`.
+    #[serde(default)]
+    pub baseline_rate: f32,
+    /// Seed of the baseline draws.
+    #[serde(default)]
+    pub seed: u64,
+    /// A frame whose 64-bit perceptual hash is within this Hamming distance of one of the last
+    /// kept frames' is skipped as a near-duplicate; no check when absent.
+    #[serde(default)]
+    pub duplicate_distance: Option<u32>,
+    /// Least frame time between two kept frames, e.g. `"2s"`.
+    #[serde(default)]
+    pub cooldown: Option<String>,
+    /// Frame time step of a recorded source, e.g. `"40ms"`: frame `i` is at `i` steps. When
+    /// absent, a frame's time is when it was read (monotonic clock).
+    #[serde(default)]
+    pub frame_interval: Option<String>,
+}
+
+impl PolicySettings {
+    /// The settings as the core policy takes them.
+    ///
+    /// # Errors
+    /// When a duration does not parse, or the budget is half given or out of range.
+    pub fn policy_config(&self) -> anyhow::Result<PolicyConfig> {
+        let budget = match (self.budget_records, &self.budget_window) {
+            (None, None) => None,
+            (Some(records), Some(window)) => {
+                if !(1..=BUDGET_CAPACITY).contains(&records) {
+                    bail!(
+                        "policy: expected budget_records from 1 to {BUDGET_CAPACITY}, found {records}"
+                    );
+                }
+                let window_ms = millis("budget_window", window)?;
+                if window_ms == 0 {
+                    bail!("policy: expected a budget_window of at least 1ms, found {window:?}");
+                }
+                Some(Budget { records, window_ms })
+            }
+            (Some(_), None) => bail!("policy: expected budget_window with budget_records"),
+            (None, Some(_)) => bail!("policy: expected budget_records with budget_window"),
+        };
+        if !(0.0..=1.0).contains(&self.baseline_rate) {
+            bail!("policy: expected baseline_rate in [0, 1], found {}", self.baseline_rate);
+        }
+        let cooldown_ms = self.cooldown.as_deref().map_or(Ok(0), |c| millis("cooldown", c))?;
+        Ok(PolicyConfig {
+            budget,
+            baseline_rate: self.baseline_rate,
+            seed: self.seed,
+            duplicate_distance: self.duplicate_distance,
+            cooldown_ms,
+        })
+    }
+
+    /// The frame interval in milliseconds, when set.
+    ///
+    /// # Errors
+    /// When it does not parse as a duration.
+    pub fn frame_interval_ms(&self) -> anyhow::Result<Option<u64>> {
+        self.frame_interval.as_deref().map(|i| millis("frame_interval", i)).transpose()
+    }
+}
+
+fn millis(key: &str, text: &str) -> anyhow::Result<u64> {
+    let duration: Duration = humantime::parse_duration(text).with_context(|| {
+        format!("policy: expected {key} as a duration like \"10s\", found {text:?}")
+    })?;
+    u64::try_from(duration.as_millis())
+        .with_context(|| format!("policy: {key} {text:?} is too long"))
+}
 
 /// Where frames come from.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -39,6 +127,19 @@ pub struct Config {
     /// JPEG quality of kept frames, 1 to 100.
     #[serde(default = "default_jpeg_quality")]
     pub jpeg_quality: u8,
+    /// Region-of-interest mask: a grayscale PNG, scaled to the model output; pixels where it is
+    /// 0 take no part in any statistic.
+    #[serde(default)]
+    pub roi: Option<PathBuf>,
+    /// Most records the spool holds; the lowest-priority record makes room beyond it.
+    #[serde(default)]
+    pub spool_max_records: Option<u64>,
+    /// Most bytes the spool's records hold; the lowest-priority records make room beyond it.
+    #[serde(default)]
+    pub spool_max_bytes: Option<u64>,
+    /// Which of the passing frames are kept.
+    #[serde(default)]
+    pub policy: PolicySettings,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -64,13 +165,15 @@ impl Config {
         config.calibration.as_mut().map(resolve);
         config.source.frames.as_mut().map(resolve);
         config.source.video.as_mut().map(resolve);
+        config.roi.as_mut().map(resolve);
         Ok(config)
     }
 
     /// Checks the values that the file format cannot.
     ///
     /// # Errors
-    /// When the source is not exactly one of `frames` and `video`, or a value is out of range.
+    /// When the source is not exactly one of `frames` and `video`, a `[policy]` value is
+    /// invalid, a spool limit is 0, or another value is out of range.
     pub fn validate(&self) -> anyhow::Result<()> {
         match (&self.source.frames, &self.source.video) {
             (Some(_), None) | (None, Some(_)) => {}
@@ -80,6 +183,52 @@ impl Config {
         if !(1..=100).contains(&self.jpeg_quality) {
             bail!("expected jpeg_quality from 1 to 100, found {}", self.jpeg_quality);
         }
+        if self.spool_max_records == Some(0) || self.spool_max_bytes == Some(0) {
+            bail!("expected spool_max_records and spool_max_bytes above 0, found 0");
+        }
+        self.policy.policy_config()?;
+        self.policy.frame_interval_ms()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str) -> PolicySettings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn policy_durations_become_milliseconds() {
+        let policy = settings(
+            "budget_records = 5\nbudget_window = \"10m\"\ncooldown = \"1s 500ms\"\n\
+             baseline_rate = 0.01\nframe_interval = \"40ms\"",
+        );
+        let config = policy.policy_config().unwrap();
+        assert_eq!(config.budget, Some(Budget { records: 5, window_ms: 600_000 }));
+        assert_eq!((config.cooldown_ms, config.baseline_rate), (1_500, 0.01));
+        assert_eq!(policy.frame_interval_ms().unwrap(), Some(40));
+        assert_eq!(PolicySettings::default().policy_config().unwrap(), PolicyConfig::default());
+    }
+
+    #[test]
+    fn bad_policy_values_name_the_key() {
+        let cases = [
+            ("budget_records = 5", "expected budget_window with budget_records"),
+            (
+                "budget_records = 65\nbudget_window = \"1s\"",
+                "budget_records from 1 to 64, found 65",
+            ),
+            ("budget_records = 1\nbudget_window = \"soon\"", "budget_window as a duration"),
+            ("budget_records = 1\nbudget_window = \"0s\"", "budget_window of at least 1ms"),
+            ("baseline_rate = 2.0", "baseline_rate in [0, 1], found 2"),
+            ("cooldown = \"-1s\"", "cooldown as a duration"),
+        ];
+        for (text, expected) in cases {
+            let message = format!("{:#}", settings(text).policy_config().unwrap_err());
+            assert!(message.contains(expected), "{text}: {message}");
+        }
     }
 }

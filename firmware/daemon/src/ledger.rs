@@ -21,7 +21,12 @@ pub struct LedgerEntry {
     pub model_sha256: String,
     /// Whether a record was stored.
     pub kept: bool,
-    /// `kept`, `below_threshold`, `observe_only` (no calibration) or `error`.
+    /// Why the frame was or was not kept: `kept`, `baseline` (random share, kept whatever its
+    /// score), `below_threshold`, `duplicate`, `cooldown`, `budget` (its window was full of more
+    /// uncertain frames), `spool_error` (to keep, but the spool could not store it),
+    /// `observe_only` (no calibration) or `error` (unreadable frame). A line with `evicted`
+    /// says that the record named in `record`, kept on an earlier line, was removed: pushed out
+    /// of its budget window by a more uncertain frame, or evicted to make room in the spool.
     pub reason: String,
     /// Softmax temperature the statistics were computed with.
     #[serde(default, skip_serializing_if = "Option::is_none")]

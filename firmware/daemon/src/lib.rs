@@ -7,6 +7,7 @@ pub mod card;
 pub mod config;
 pub mod ledger;
 pub mod model;
+pub mod perceptual;
 pub mod pipeline;
 pub mod source;
 pub mod spool;

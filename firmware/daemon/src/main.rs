@@ -19,7 +19,8 @@ use qualm_daemon::pipeline::{Daemon, open_source};
 #[command(name = "qualmd", version, about, long_about)]
 struct Args {
     /// Configuration file (TOML) with keys model, calibration, spool, ledger, max_frames,
-    /// jpeg_quality, and a source table with frames or video.
+    /// jpeg_quality, roi, spool_max_records, spool_max_bytes, a source table with frames or
+    /// video, and an optional policy table (budget, baseline, duplicates, cooldown; README).
     #[arg(long, short)]
     config: Option<PathBuf>,
 
@@ -76,6 +77,10 @@ impl Args {
                 source: SourceConfig { frames: None, video: None },
                 max_frames: None,
                 jpeg_quality: 90,
+                roi: None,
+                spool_max_records: None,
+                spool_max_bytes: None,
+                policy: Default::default(),
             },
         };
 
@@ -112,9 +117,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let summary = daemon.run(source.as_mut(), config.max_frames)?;
     println!(
-        "qualmd: {} frames, {} kept, {} failed, {:.1} frames/s; records in {}, ledger {}",
+        "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {:.1} frames/s; \
+         records in {}, ledger {}",
         summary.frames,
         summary.kept,
+        summary.evicted,
+        summary.spool_errors,
         summary.failed,
         summary.frames_per_second(),
         daemon.spool_folder().display(),

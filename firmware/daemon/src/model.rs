@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use image::RgbImage;
 use image::imageops::{self, FilterType};
-use qualm_core::{FrameMaps, FrameStats, OutputMap, Quantization, StatsConfig, analyze};
+use qualm_core::{FrameMaps, FrameStats, OutputMap, Quantization, StatsConfig, analyze_with};
 use tract_onnx::prelude::*;
 
 use crate::card::{ColorOrder, ModelCard, TensorLayout, sha256_file};
@@ -134,6 +134,22 @@ impl SegmentationModel {
         config: &StatsConfig,
         maps: FrameMaps<'_>,
     ) -> anyhow::Result<FrameStats> {
+        self.analyze_in_region(output, config, maps, None)
+    }
+
+    /// [`SegmentationModel::analyze`] with a region-of-interest mask `[height, width]` of the
+    /// output's size: pixels where it is 0 take no part in any statistic.
+    ///
+    /// # Errors
+    /// When the output's shape or element type does not match the card, or the mask's size
+    /// does not match the output.
+    pub fn analyze_in_region(
+        &self,
+        output: &Tensor,
+        config: &StatsConfig,
+        maps: FrameMaps<'_>,
+        roi: Option<&[u8]>,
+    ) -> anyhow::Result<FrameStats> {
         let spec = &self.card.output;
         if output.shape() != spec.shape {
             bail!("expected output shape {:?}, found {:?}", spec.shape, output.shape());
@@ -147,21 +163,21 @@ impl SegmentationModel {
             DatumType::F32 => {
                 let data = view.as_slice::<f32>()?;
                 let map = OutputMap::try_new(data, channels, height, width, layout, kind)?;
-                analyze(&map, config, maps)?
+                analyze_with(&map, config, maps, roi)?
             }
             dt if dt.unquantized() == DatumType::I8 => {
                 let (zero_point, scale) = dt.zp_scale();
                 let data = view.as_slice::<i8>()?;
                 let map = OutputMap::try_new(data, channels, height, width, layout, kind)?
                     .with_quantization(Quantization { scale, zero_point });
-                analyze(&map, config, maps)?
+                analyze_with(&map, config, maps, roi)?
             }
             dt if dt.unquantized() == DatumType::U8 => {
                 let (zero_point, scale) = dt.zp_scale();
                 let data = view.as_slice::<u8>()?;
                 let map = OutputMap::try_new(data, channels, height, width, layout, kind)?
                     .with_quantization(Quantization { scale, zero_point });
-                analyze(&map, config, maps)?
+                analyze_with(&map, config, maps, roi)?
             }
             other => bail!("expected an f32, i8 or u8 model output, found {other:?}"),
         };

@@ -1,31 +1,40 @@
 //! The per-frame path: prepare, infer, score, gate, store, log.
 
 use std::io::Cursor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
 use image::{GrayImage, ImageFormat, RgbImage};
-use qualm_core::{Decision, FrameStats, OwnedFrameMaps, StatsConfig, Temperature};
+use qualm_core::policy::{Outcome, Policy, Verdict};
+use qualm_core::{FrameStats, OwnedFrameMaps, Rules, StatsConfig, Temperature};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::calibration::Calibration;
-use crate::config::Config;
+use crate::config::{BUDGET_CAPACITY, Config};
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::model::SegmentationModel;
+use crate::perceptual::difference_hash;
 use crate::source::{FolderSource, Frame, FrameSource, VideoSource};
-use crate::spool::{RecordFile, Spool};
+use crate::spool::{RecordFile, RecordRank, Spool, SpoolLimits, Victim};
+
+/// How many recently kept frames a new frame is compared with for near-duplicates.
+pub const DUPLICATE_HISTORY: usize = 16;
 
 /// Counts of one run, printed when it ends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Frames read, including bad ones.
     pub frames: u64,
-    /// Frames stored as records.
+    /// Frames stored as records (some evicted later).
     pub kept: u64,
+    /// Records removed again: pushed out of their budget window or evicted for room.
+    pub evicted: u64,
+    /// Frames to keep that the spool could not store.
+    pub spool_errors: u64,
     /// Frames that could not be read or scored.
     pub failed: u64,
     /// Wall-clock seconds of the frame loop.
@@ -52,6 +61,8 @@ struct RecordMeta<'a> {
     statistic: &'a str,
     threshold: f32,
     value: f32,
+    priority: f32,
+    baseline: bool,
     reason: String,
     stats: &'a FrameStats,
     files: [&'static str; 4],
@@ -71,43 +82,79 @@ pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource>> {
     }
 }
 
+/// Frame times for the policy's window and cooldown.
+#[derive(Debug)]
+enum FrameClock {
+    /// Recorded footage: frame `i` is at `i * interval_ms`.
+    Fixed { interval_ms: u64, next: u64 },
+    /// Live: milliseconds since start when the frame was read.
+    Live(Instant),
+}
+
+impl FrameClock {
+    fn tick(&mut self) -> u64 {
+        match self {
+            Self::Fixed { interval_ms, next } => {
+                let time = *next * *interval_ms;
+                *next += 1;
+                time
+            }
+            Self::Live(started) => u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 /// Everything that lives across frames.
 #[derive(Debug)]
 pub struct Daemon {
     model: SegmentationModel,
     calibration: Option<Calibration>,
+    rules: Option<Rules>,
+    policy: Policy<BUDGET_CAPACITY, DUPLICATE_HISTORY>,
+    clock: FrameClock,
     stats_config: StatsConfig,
     maps: OwnedFrameMaps,
-    spool: Spool,
+    roi: Option<Vec<u8>>,
+    spool: Option<Spool>,
+    spool_folder: PathBuf,
+    spool_limits: SpoolLimits,
+    // Records of the open budget window: (policy ticket, record key).
+    pending: Vec<(u64, String)>,
     ledger: Ledger,
     jpeg_quality: u8,
 }
 
 impl Daemon {
-    /// Loads the model and calibration and opens the spool and ledger.
+    /// Loads the model, calibration and region of interest and opens the spool and ledger.
+    /// A spool that cannot be opened is not fatal: frames are still scored and ledgered, and
+    /// every frame to keep tries to open it again.
     ///
     /// # Errors
-    /// When any of them cannot be opened, or the calibration is for another model.
+    /// When the model, calibration, mask or ledger cannot be opened, the calibration is for
+    /// another model, or a setting is invalid.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         config.validate()?;
         let model = SegmentationModel::load(&config.model)?;
 
-        let calibration = match &config.calibration {
+        let (calibration, rules) = match &config.calibration {
             Some(path) => {
                 let calibration = Calibration::load(path)?;
                 calibration.check_model(path, model.sha256())?;
+                let rules = Calibration::load_rules(path)?;
                 tracing::info!(
                     path = %path.display(),
                     statistic = %calibration.gate.statistic,
                     threshold = calibration.gate.threshold,
+                    rules = rules.as_slice().len(),
+                    combine = ?rules.combine,
                     temperature = calibration.temperature,
                     "calibration loaded"
                 );
-                Some(calibration)
+                (Some(calibration), Some(rules))
             }
             None => {
                 tracing::warn!("no calibration file: observing only, no frame will be kept");
-                None
+                (None, None)
             }
         };
         let stats_config = match &calibration {
@@ -119,16 +166,44 @@ impl Daemon {
             None => StatsConfig { temperature: Temperature::ONE, ..StatsConfig::default() },
         };
 
+        let policy_config = config.policy.policy_config()?;
+        let policy = Policy::try_new(policy_config).map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+        tracing::info!(?policy_config, "keep policy");
+        let clock = match config.policy.frame_interval_ms()? {
+            Some(interval_ms) => FrameClock::Fixed { interval_ms, next: 0 },
+            None => FrameClock::Live(Instant::now()),
+        };
+
         let (height, width) = model.output_size();
+        let roi = config.roi.as_deref().map(|path| load_roi(path, width, height)).transpose()?;
         let maps = OwnedFrameMaps::new(height * width);
-        let spool = Spool::open(&config.spool)?;
+        let spool_limits = SpoolLimits {
+            max_records: config.spool_max_records,
+            max_bytes: config.spool_max_bytes,
+        };
+        let spool = open_spool(&config.spool, spool_limits);
         let ledger = Ledger::open(&config.ledger)?;
-        let jpeg_quality = config.jpeg_quality;
-        Ok(Self { model, calibration, stats_config, maps, spool, ledger, jpeg_quality })
+        Ok(Self {
+            model,
+            calibration,
+            rules,
+            policy,
+            clock,
+            stats_config,
+            maps,
+            roi,
+            spool,
+            spool_folder: config.spool.clone(),
+            spool_limits,
+            pending: Vec::new(),
+            ledger,
+            jpeg_quality: config.jpeg_quality,
+        })
     }
 
     /// Runs until the source ends or `max_frames` frames were read. A bad frame is logged,
-    /// written to the ledger and skipped.
+    /// written to the ledger and skipped; a record that cannot be stored is logged and
+    /// ledgered as `spool_error`. When the source ends the open budget window closes.
     ///
     /// # Errors
     /// Only when the ledger cannot be written: without it nothing could be accounted for.
@@ -142,103 +217,228 @@ impl Daemon {
 
         for item in source.take(max_frames.map_or(usize::MAX, |n| n as usize)) {
             summary.frames += 1;
-            let entry = match item {
-                Ok(frame) => self.process(&frame).unwrap_or_else(|error| {
-                    tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
-                    self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
-                }),
+            let time_ms = self.clock.tick();
+            let failed = match item {
+                Ok(frame) => match self.score(&frame) {
+                    Ok(stats) => {
+                        self.gate(&frame, stats, time_ms, &mut summary)?;
+                        None
+                    }
+                    Err(error) => {
+                        tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
+                        Some(self.failed_entry(frame.id.clone(), frame.origin.clone(), &error))
+                    }
+                },
                 Err(bad) => {
                     tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
-                    self.failed_entry(bad.id, String::new(), &bad.error)
+                    Some(self.failed_entry(bad.id, String::new(), &bad.error))
                 }
             };
-            summary.kept += u64::from(entry.kept);
-            summary.failed += u64::from(entry.error.is_some());
-            self.ledger.append(&entry)?;
+            if let Some(entry) = failed {
+                summary.failed += 1;
+                self.ledger.append(&entry)?;
+            }
         }
 
+        self.policy.finish();
+        self.finalize_pending();
         self.ledger.sync()?;
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
     }
 
-    fn failed_entry(&self, frame: String, origin: String, error: &anyhow::Error) -> LedgerEntry {
+    fn entry(&self, frame: String, origin: String, reason: &str) -> LedgerEntry {
         LedgerEntry {
             time: now(),
             frame,
             origin,
             model_sha256: self.model.sha256().to_owned(),
             kept: false,
-            reason: "error".into(),
+            reason: reason.into(),
             temperature: None,
             uncertain_level: None,
             statistic: None,
             threshold: None,
             stats: None,
             record: None,
-            error: Some(format!("{error:#}")),
+            error: None,
         }
     }
 
-    fn process(&mut self, frame: &Frame) -> anyhow::Result<LedgerEntry> {
+    fn failed_entry(&self, frame: String, origin: String, error: &anyhow::Error) -> LedgerEntry {
+        LedgerEntry { error: Some(format!("{error:#}")), ..self.entry(frame, origin, "error") }
+    }
+
+    fn score(&mut self, frame: &Frame) -> anyhow::Result<FrameStats> {
         self.model.prepare(&frame.image);
         let output = self.model.infer()?;
-        let stats = self.model.analyze(&output, &self.stats_config, self.maps.as_maps())?;
+        let maps = self.maps.as_maps();
+        let stats =
+            self.model.analyze_in_region(&output, &self.stats_config, maps, self.roi.as_deref())?;
         tracing::trace!(frame = %frame.id, mean_entropy = stats.mean_entropy, "frame scored");
+        Ok(stats)
+    }
 
+    /// Applies the policy to a scored frame, stores its record if kept, and ledgers the frame
+    /// and every record removed on the way. A ledger line saying a record was evicted is
+    /// written before the record is removed, so a crash never leaves the ledger claiming a
+    /// record that is gone.
+    fn gate(
+        &mut self,
+        frame: &Frame,
+        stats: FrameStats,
+        time_ms: u64,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
         let mut entry = LedgerEntry {
-            time: now(),
-            frame: frame.id.clone(),
-            origin: frame.origin.clone(),
-            model_sha256: self.model.sha256().to_owned(),
-            kept: false,
-            reason: "observe_only".into(),
             temperature: Some(self.stats_config.temperature.get()),
             uncertain_level: Some(self.stats_config.uncertain_level),
-            statistic: None,
-            threshold: None,
             stats: Some(stats),
-            record: None,
-            error: None,
+            ..self.entry(frame.id.clone(), frame.origin.clone(), "observe_only")
         };
-        let Some(calibration) = &self.calibration else { return Ok(entry) };
+        let Some(rules) = self.rules else { return self.ledger.append(&entry) };
 
-        let gate = calibration.gate;
-        entry.statistic = Some(gate.statistic);
-        entry.threshold = Some(gate.threshold);
-        let value = match gate.decide(&stats) {
-            Decision::Skip { .. } => {
-                entry.reason = "below_threshold".into();
-                return Ok(entry);
-            }
-            Decision::Keep { value } => value,
+        let first = rules.as_slice()[0];
+        entry.statistic = Some(first.statistic);
+        entry.threshold = Some(first.threshold);
+        let passes = rules.passes(&stats);
+        let priority = rules.priority(&stats);
+        let hash = self.policy.config().duplicate_distance.map(|_| difference_hash(&frame.image));
+        let outcome = self.policy.decide(time_ms, passes, priority, hash);
+        entry.reason = outcome.verdict.as_str().into();
+
+        if outcome.window_closed {
+            self.finalize_pending();
+        }
+        if let Some(ticket) = outcome.evicted {
+            self.evict_candidate(ticket, summary)?;
+        }
+        if outcome.verdict.is_kept() {
+            self.keep(frame, &stats, priority, outcome, &mut entry, summary);
+        } else {
+            tracing::debug!(frame = %frame.id, priority, "not keeping frame: {}", entry.reason);
+        }
+
+        self.ledger.append(&entry)?;
+        if entry.kept {
+            self.make_room(summary)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the record of a frame the policy keeps; a spool error turns the entry into one.
+    fn keep(
+        &mut self,
+        frame: &Frame,
+        stats: &FrameStats,
+        priority: f32,
+        outcome: Outcome,
+        entry: &mut LedgerEntry,
+        summary: &mut Summary,
+    ) {
+        // meta.json is JSON: an infinite priority (NaN statistic) would turn into null.
+        let rank = RecordRank {
+            priority: priority.clamp(f32::MIN, f32::MAX),
+            baseline: outcome.verdict == Verdict::Baseline,
         };
+        let pending = outcome.verdict == Verdict::Candidate;
+        let reason = self.keep_reason(stats, outcome.verdict);
+        tracing::debug!(frame = %frame.id, pending, "keeping frame: {reason}");
 
-        let direction = if gate.statistic.higher_is_uncertain() { "above" } else { "below" };
-        let reason = format!("{} {value} {direction} threshold {}", gate.statistic, gate.threshold);
-        tracing::debug!(frame = %frame.id, "keeping frame: {reason}");
-        match self.store(frame, &stats, &entry.time, value, reason) {
-            Ok(record) => {
+        match self.store(frame, stats, &entry.time, rank, reason, pending) {
+            Ok(key) => {
+                if pending {
+                    self.pending.push((outcome.ticket, key.clone()));
+                }
                 entry.kept = true;
-                entry.reason = "kept".into();
-                entry.record = Some(record);
+                entry.record = Some(key);
+                summary.kept += 1;
             }
             Err(error) => {
                 tracing::error!(frame = %frame.id, "cannot store record: {error:#}");
                 entry.reason = "spool_error".into();
                 entry.error = Some(format!("{error:#}"));
+                summary.spool_errors += 1;
             }
         }
-        Ok(entry)
+    }
+
+    fn keep_reason(&self, stats: &FrameStats, verdict: Verdict) -> String {
+        let Some(rules) = &self.rules else { return verdict.as_str().into() };
+        if verdict == Verdict::Baseline {
+            return "random baseline sample".into();
+        }
+        let mut reason = String::new();
+        for rule in rules.as_slice() {
+            let value = rule.statistic.value(stats);
+            let direction = if rule.statistic.higher_is_uncertain() { "above" } else { "below" };
+            let side = if rule.decide(stats).is_keep() { "" } else { "not " };
+            if !reason.is_empty() {
+                reason.push_str("; ");
+            }
+            reason.push_str(&format!(
+                "{} {value} {side}{direction} threshold {}",
+                rule.statistic, rule.threshold
+            ));
+        }
+        reason
+    }
+
+    /// Removes the record of a candidate a more uncertain frame pushed out of its window.
+    fn evict_candidate(&mut self, ticket: u64, summary: &mut Summary) -> anyhow::Result<()> {
+        // A candidate whose record could not be stored has nothing to remove.
+        let Some(index) = self.pending.iter().position(|(t, _)| *t == ticket) else {
+            return Ok(());
+        };
+        let (_, key) = self.pending.swap_remove(index);
+        let frame = key.rsplit_once('-').map_or(key.as_str(), |(frame, _)| frame).to_owned();
+        self.evict(Victim { key, frame, uploaded: false }, "budget", summary)
+    }
+
+    /// Evicts records while the spool is over its limits.
+    fn make_room(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
+        while let Some(victim) = self.spool.as_ref().and_then(Spool::next_victim) {
+            self.pending.retain(|(_, key)| *key != victim.key);
+            self.evict(victim, "quota", summary)?;
+        }
+        Ok(())
+    }
+
+    fn evict(&mut self, victim: Victim, cause: &str, summary: &mut Summary) -> anyhow::Result<()> {
+        tracing::info!(record = %victim.key, cause, uploaded = victim.uploaded, "evicting record");
+        let entry = LedgerEntry {
+            record: Some(victim.key.clone()),
+            ..self.entry(victim.frame, String::new(), "evicted")
+        };
+        self.ledger.append(&entry)?;
+        summary.evicted += 1;
+        if let Some(spool) = &mut self.spool
+            && let Err(error) = spool.remove(&victim.key)
+        {
+            tracing::error!("cannot evict record: {error:#}");
+        }
+        Ok(())
+    }
+
+    /// Makes every record of the closed window final.
+    fn finalize_pending(&mut self) {
+        let Some(spool) = &mut self.spool else { return };
+        for (_, key) in self.pending.drain(..) {
+            if let Err(error) = spool.finalize(&key) {
+                // Still complete and still pending: the next start finalizes it.
+                tracing::error!("cannot finalize record: {error:#}");
+            }
+        }
     }
 
     fn store(
-        &self,
+        &mut self,
         frame: &Frame,
         stats: &FrameStats,
         time: &str,
-        value: f32,
+        rank: RecordRank,
         reason: String,
+        pending: bool,
     ) -> anyhow::Result<String> {
         let (height, width) = self.model.output_size();
         let (frame_width, frame_height) = frame.image.dimensions();
@@ -272,7 +472,9 @@ impl Daemon {
             temperature: calibration.temperature,
             statistic: calibration.gate.statistic.as_str(),
             threshold: calibration.gate.threshold,
-            value,
+            value: calibration.gate.statistic.value(stats),
+            priority: rank.priority,
+            baseline: rank.baseline,
             reason,
             stats,
             files: RECORD_FILES,
@@ -285,14 +487,56 @@ impl Daemon {
             RecordFile { name: RECORD_FILES[2], bytes: &heat },
             RecordFile { name: RECORD_FILES[3], bytes: &meta },
         ];
-        self.spool.store(&key, &files)?;
+        let spool = match &mut self.spool {
+            Some(spool) => spool,
+            None => {
+                let spool = Spool::open(&self.spool_folder, self.spool_limits)?;
+                self.spool.insert(spool)
+            }
+        };
+        spool.store(&key, &frame.id, &files, rank, pending)?;
         Ok(key)
     }
 
     /// The spool folder.
     pub fn spool_folder(&self) -> PathBuf {
-        self.spool.folder().to_path_buf()
+        self.spool_folder.clone()
     }
+}
+
+/// Opens the spool; on failure logs why and returns `None`, to be tried again per record.
+fn open_spool(folder: &Path, limits: SpoolLimits) -> Option<Spool> {
+    match Spool::open(folder, limits) {
+        Ok(spool) => {
+            let scan = spool.scan_report();
+            tracing::info!(
+                folder = %folder.display(),
+                records = scan.records,
+                bytes = spool.bytes(),
+                finalized = scan.finalized,
+                removed_partial = scan.removed_partial,
+                ignored = scan.ignored,
+                "spool opened"
+            );
+            Some(spool)
+        }
+        Err(error) => {
+            tracing::error!("spool unavailable, frames are still scored and ledgered: {error:#}");
+            None
+        }
+    }
+}
+
+/// Reads a region-of-interest mask (any image, taken as gray) scaled to the model output.
+fn load_roi(path: &Path, width: usize, height: usize) -> anyhow::Result<Vec<u8>> {
+    let mask = image::open(path)
+        .with_context(|| format!("cannot read region-of-interest mask {}", path.display()))?
+        .to_luma8();
+    let mask = imageops::resize(&mask, width as u32, height as u32, FilterType::Nearest);
+    if mask.pixels().all(|p| p[0] == 0) {
+        anyhow::bail!("{}: expected a mask with some non-zero pixels, found none", path.display());
+    }
+    Ok(mask.into_raw())
 }
 
 /// File names inside a record folder.
