@@ -16,11 +16,14 @@
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod drift;
 pub mod evaluate;
 pub mod inspect;
 pub mod labeled;
 pub mod metrics;
 pub mod plot;
+pub mod replay;
 pub mod report;
 pub mod stats;
+pub mod sweep;
 pub mod thresholds;
