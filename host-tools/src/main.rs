@@ -6,7 +6,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qualm_tools::{calibrate, drift, evaluate, inspect, replay, report, stats, sweep, thresholds};
+use qualm_tools::{
+    calibrate, drift, evaluate, export, inspect, replay, report, stats, sweep, thresholds,
+};
 
 /// Inspect models, compute frame statistics and choose gate thresholds for qualmd.
 #[derive(Debug, Parser)]
@@ -41,6 +43,9 @@ enum Command {
     /// Corrupt labeled frames in memory (noise, blur, brightness, JPEG) and report accuracy,
     /// ECE, frame statistics and the gate's keep rate per corruption and severity.
     Sweep(sweep::SweepArgs),
+    /// Write the records of a qualmd spool in a labeling tool's import format (CVAT
+    /// "Segmentation mask 1.1"), with the model's masks as the first draft.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Drift(args) => drift::run(args),
         Command::Sweep(args) => sweep::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
