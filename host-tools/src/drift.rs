@@ -17,6 +17,7 @@ use qualm_daemon::ledger::{LedgerEntry, read_ledger};
 use serde_json::{Value, json};
 
 use crate::evaluate::{StatisticValues, statistic_values};
+use crate::replay::same_settings;
 
 /// Points stored per statistic: up to this many frames are stored as they are, more as this
 /// many quantiles (each standing for 1% of the frames).
@@ -318,6 +319,7 @@ struct Drift {
     reference_source: String,
     field_frames: usize,
     error_frames: usize,
+    mismatched_settings: usize,
     statistics: Vec<StatisticDrift>,
     keep_rate: KeepRate,
 }
@@ -383,6 +385,15 @@ pub fn run(args: &DriftArgs) -> Result<()> {
     if field.is_empty() {
         bail!("{}: expected scored frames, found none", args.ledger.display());
     }
+    let scored = entries.iter().filter(|e| e.stats.is_some());
+    let mismatched = scored.filter(|e| !same_settings(e, &calibration)).count();
+    if mismatched > 0 {
+        tracing::warn!(
+            frames = mismatched,
+            "field frames scored with another temperature or uncertain level than the \
+             calibration's: their statistics are not comparable"
+        );
+    }
 
     let (reference, reference_source) = match &args.reference {
         Some(path) => {
@@ -428,6 +439,7 @@ pub fn run(args: &DriftArgs) -> Result<()> {
         reference_source,
         field_frames: field.len(),
         error_frames: entries.len() - field.len(),
+        mismatched_settings: mismatched,
         statistics,
     };
 
@@ -488,6 +500,7 @@ fn to_json(drift: &Drift, args: &DriftArgs) -> Value {
         },
         "field_frames": drift.field_frames,
         "error_frames": drift.error_frames,
+        "mismatched_settings": drift.mismatched_settings,
         "gate": { "statistic": drift.gate.statistic.as_str(), "threshold": drift.gate.threshold },
         "keep_rate": {
             "observed": rate.kept as f64 / rate.frames.max(1) as f64,
@@ -530,6 +543,13 @@ fn print(drift: &Drift, args: &DriftArgs) {
             d.ks,
             d.ks_p,
             d.psi_level()
+        );
+    }
+    if drift.mismatched_settings > 0 {
+        println!(
+            "warning: {} field frames were scored with another temperature or uncertain level \
+             than the calibration's; their statistics are not comparable",
+            drift.mismatched_settings
         );
     }
     let rate = &drift.keep_rate;

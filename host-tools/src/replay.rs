@@ -105,6 +105,13 @@ pub fn ledger_seconds(time: &str) -> Result<u64> {
     Ok(parsed.duration_since(UNIX_EPOCH).context("expected a time after 1970")?.as_secs())
 }
 
+/// Whether a frame was scored with the calibration's temperature and uncertain level, so that
+/// its statistics are the ones the daemon computes with that calibration.
+pub fn same_settings(entry: &LedgerEntry, calibration: &Calibration) -> bool {
+    entry.temperature == Some(calibration.temperature)
+        && entry.uncertain_level == Some(calibration.uncertain_level)
+}
+
 /// Replays `gate` over `entries` (read from `ledger`, named in errors) with `calibration`'s
 /// settings.
 ///
@@ -144,9 +151,7 @@ pub fn replay(
                 entry.model_sha256
             );
         }
-        let same_settings = entry.temperature == Some(calibration.temperature)
-            && entry.uncertain_level == Some(calibration.uncertain_level);
-        result.mismatched_settings += u64::from(!same_settings);
+        result.mismatched_settings += u64::from(!same_settings(entry, calibration));
 
         let seconds = ledger_seconds(&entry.time)
             .with_context(|| format!("{} line {}", ledger.display(), line + 1))?;

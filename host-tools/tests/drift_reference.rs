@@ -170,6 +170,7 @@ fn stored_reference_tells_a_shift_from_a_fresh_sample() {
     let json = drift(&["--ledger", &same, "--calibration", &calibration]);
     assert_eq!(json["reference"]["kind"], "quantiles");
     assert_eq!(json["threshold_holds"], true, "{json}");
+    assert_eq!(json["mismatched_settings"], 0);
     let rate = json["keep_rate"]["observed"].as_f64().unwrap();
     assert!((rate - 0.1).abs() < 0.04, "keep rate {rate}");
 
