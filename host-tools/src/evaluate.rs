@@ -120,7 +120,8 @@ pub fn analyze_logits(
     Ok((stats, maps))
 }
 
-fn statistic_values(stats: &FrameStats) -> StatisticValues {
+/// The values of [`Statistic::ALL`] in `stats`, in that order.
+pub fn statistic_values(stats: &FrameStats) -> StatisticValues {
     Statistic::ALL.map(|statistic| statistic.value(stats))
 }
 

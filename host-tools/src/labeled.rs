@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
-use image::DynamicImage;
+use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use qualm_core::{Layout, OutputMap};
 use qualm_daemon::model::SegmentationModel;
@@ -142,6 +142,50 @@ impl Dataset {
         message: &'static str,
         work: impl Fn(Logits, &Frame) -> Result<T> + Sync,
     ) -> Result<Vec<T>> {
+        let model = self.model.as_deref();
+        self.map_with(
+            frames,
+            message,
+            || LogitsSource::new(model),
+            |source, frame| work(source.logits(&frame.input)?, frame),
+        )
+    }
+
+    /// Computes `work(model, image, frame)` for every frame on [`Dataset::threads`] threads,
+    /// with the frame's decoded RGB image and a model instance per thread to run on it (or on
+    /// images made from it), and returns the results in frame order.
+    ///
+    /// # Errors
+    /// When the dataset has no model card (its frames are logits, not images), or the first
+    /// error of any frame (loading the model, decoding an image, or `work`).
+    pub fn map_images<T: Send>(
+        &self,
+        frames: &[Frame],
+        message: &'static str,
+        work: impl Fn(&mut ImageModel, RgbImage, &Frame) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let Some(card) = self.model.as_deref() else {
+            bail!("expected --model and --data: images are needed, found {}", self.description);
+        };
+        let load = || Ok(ImageModel(Box::new(SegmentationModel::load(card)?)));
+        self.map_with(frames, message, load, |model, frame| {
+            let image = image::open(&frame.input)
+                .with_context(|| format!("{}: cannot decode as an image", frame.input.display()))?
+                .to_rgb8();
+            work(model, image, frame)
+        })
+    }
+
+    /// The thread pool behind [`Dataset::map_frames`] and [`Dataset::map_images`]: each thread
+    /// makes its state once with `make`, then takes frames in turn until none is left or one
+    /// failed.
+    fn map_with<S, T: Send>(
+        &self,
+        frames: &[Frame],
+        message: &'static str,
+        make: impl Fn() -> Result<S> + Sync,
+        work: impl Fn(&mut S, &Frame) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
         let progress = progress_bar(frames.len() as u64, message);
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
@@ -152,12 +196,11 @@ impl Dataset {
             let worker = || {
                 let mut done = Vec::new();
                 let outcome = (|| -> Result<()> {
-                    let mut source = LogitsSource::new(self.model.as_deref())?;
+                    let mut state = make()?;
                     while !failed.load(Ordering::Relaxed) {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(frame) = frames.get(index) else { break };
-                        let logits = source.logits(&frame.input)?;
-                        done.push((index, work(logits, frame)?));
+                        done.push((index, work(&mut state, frame)?));
                         progress.inc(1);
                     }
                     Ok(())
@@ -179,6 +222,23 @@ impl Dataset {
         let mut results: Vec<(usize, T)> = parts.into_iter().flatten().collect();
         results.sort_by_key(|(index, _)| *index);
         Ok(results.into_iter().map(|(_, result)| result).collect())
+    }
+}
+
+/// A model instance that turns RGB images into class logits, for work on images made in
+/// memory (see [`Dataset::map_images`]).
+pub struct ImageModel(Box<SegmentationModel>);
+
+impl ImageModel {
+    /// Runs the model on `image` (made from the file `path`, named in errors) and returns its
+    /// CHW class logits.
+    ///
+    /// # Errors
+    /// When inference fails, the output does not fit the card, or a logit is NaN or `+inf`.
+    pub fn logits(&mut self, image: &RgbImage, path: &Path) -> Result<Logits> {
+        let logits = model_logits(&mut self.0, image, path)?;
+        check_finite(&logits, path)?;
+        Ok(logits)
     }
 }
 
@@ -236,13 +296,18 @@ impl LogitsSource {
     }
 }
 
-/// Runs the model on an image and converts its output, of any layout, element type and kind
-/// the card allows, to CHW class logits.
+/// Runs the model on an image file (see [`model_logits`]).
 fn run_model(model: &mut SegmentationModel, path: &Path) -> Result<Logits> {
     let image = image::open(path)
         .with_context(|| format!("{}: cannot decode as an image", path.display()))?
         .to_rgb8();
-    model.prepare(&image);
+    model_logits(model, &image, path)
+}
+
+/// Runs the model on an image and converts its output, of any layout, element type and kind
+/// the card allows, to CHW class logits.
+fn model_logits(model: &mut SegmentationModel, image: &RgbImage, path: &Path) -> Result<Logits> {
+    model.prepare(image);
     let output = model.infer().with_context(|| format!("{}: inference failed", path.display()))?;
 
     let spec = &model.card().output;

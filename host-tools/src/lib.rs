@@ -1,6 +1,7 @@
 //! The laptop side of Qualm, behind the `qualm` command: inspect a model, compute the
-//! statistics of one frame, choose gate thresholds, and calibrate and evaluate a model's
-//! uncertainty on labeled data.
+//! statistics of one frame, choose gate thresholds, calibrate and evaluate a model's
+//! uncertainty on labeled data, and after deployment replay ledgers, watch for drift, sweep
+//! corruptions and export kept records to labeling tools.
 //!
 //! Each subcommand is a module with its clap arguments and a `run` function; [`metrics`] holds
 //! the metric definitions they share, so tests can check them against a reference.
@@ -16,11 +17,15 @@
 #![warn(missing_docs)]
 
 pub mod calibrate;
+pub mod drift;
 pub mod evaluate;
+pub mod export;
 pub mod inspect;
 pub mod labeled;
 pub mod metrics;
 pub mod plot;
+pub mod replay;
 pub mod report;
 pub mod stats;
+pub mod sweep;
 pub mod thresholds;

@@ -6,7 +6,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use qualm_tools::{calibrate, evaluate, inspect, report, stats, thresholds};
+use qualm_tools::{
+    calibrate, drift, evaluate, export, inspect, replay, report, stats, sweep, thresholds,
+};
 
 /// Inspect models, compute frame statistics and choose gate thresholds for qualmd.
 #[derive(Debug, Parser)]
@@ -32,6 +34,18 @@ enum Command {
     /// Write one self-contained HTML page: metrics, reliability diagram, ROC and risk-coverage
     /// curves, score histograms, frame panels and a verdict on which score to trust.
     Report(report::ReportArgs),
+    /// Replay a ledger through a gate: which frames a calibration (or another threshold) would
+    /// have kept, overall, per hour and per day.
+    Replay(replay::ReplayArgs),
+    /// Compare the field's frame statistics in a ledger with the calibration frames' (PSI, KS)
+    /// and say whether the threshold still keeps what it was chosen to keep.
+    Drift(drift::DriftArgs),
+    /// Corrupt labeled frames in memory (noise, blur, brightness, JPEG) and report accuracy,
+    /// ECE, frame statistics and the gate's keep rate per corruption and severity.
+    Sweep(sweep::SweepArgs),
+    /// Write the records of a qualmd spool in a labeling tool's import format (CVAT
+    /// "Segmentation mask 1.1"), with the model's masks as the first draft.
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +65,10 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => calibrate::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Report(args) => report::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Drift(args) => drift::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

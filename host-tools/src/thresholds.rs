@@ -11,6 +11,7 @@ use qualm_daemon::card::ModelCard;
 use qualm_daemon::ledger::read_ledger;
 use serde_json::json;
 
+use crate::drift::{REFERENCE_POINTS, ledger_values, reference_from};
 use crate::evaluate::frame_outcome;
 use crate::labeled::DataArgs;
 
@@ -207,9 +208,12 @@ fn from_ledger(args: &ThresholdsArgs, ledger: &std::path::Path, keep_rate: f64) 
         temperature: first.temperature.context("ledger entries carry no temperature")?,
         uncertain_level: first.uncertain_level.context("ledger entries carry no level")?,
         gate: Gate { statistic, threshold },
-        provenance: provenance(args, format!("keep-rate {keep_rate}"), n, statement, || {
-            ledger.display().to_string()
-        }),
+        provenance: Provenance {
+            reference: Some(reference_from(&ledger_values(&entries), REFERENCE_POINTS)),
+            ..provenance(args, format!("keep-rate {keep_rate}"), n, statement, || {
+                ledger.display().to_string()
+            })
+        },
     };
     Ok(Chosen { calibration, summary })
 }
@@ -245,9 +249,9 @@ fn from_labeled(args: &ThresholdsArgs, recall: f64) -> Result<Chosen> {
         let outcome = frame_outcome(&logits, frame, &config)?;
         let index = Statistic::ALL.iter().position(|s| *s == statistic).unwrap_or(0);
         let uncertainty = f64::from(statistic.uncertainty(outcome.statistics[index]));
-        Ok(outcome.miou.map(|miou| (uncertainty, miou < args.failed_iou)))
+        Ok(outcome.miou.map(|miou| (uncertainty, miou < args.failed_iou, outcome.statistics)))
     })?;
-    let judged: Vec<(f64, bool)> = outcomes.into_iter().flatten().collect();
+    let judged: Vec<(f64, bool, _)> = outcomes.into_iter().flatten().collect();
     let mut failed: Vec<f64> = judged.iter().filter(|j| j.1).map(|j| j.0).collect();
     let n = failed.len();
     let Some(lowest_kept) = recall_threshold(&mut failed, recall) else {
@@ -269,6 +273,7 @@ fn from_labeled(args: &ThresholdsArgs, recall: f64) -> Result<Chosen> {
         judged.iter().filter(|j| j.1 == want_failed && j.0 as f32 >= lowest_kept).count()
     };
     let (kept_failed, kept_passed) = (kept(true), kept(false));
+    let reference: Vec<_> = judged.iter().map(|j| j.2).collect();
     let passed = judged.len() - n;
     let statement = format!(
         "for a failed frame (mIoU < {}) exchangeable with these {n}, P(kept) >= {recall}; here \
@@ -296,9 +301,12 @@ fn from_labeled(args: &ThresholdsArgs, recall: f64) -> Result<Chosen> {
         temperature: temperature.get(),
         uncertain_level: config.uncertain_level,
         gate: Gate { statistic, threshold },
-        provenance: provenance(args, format!("recall {recall}"), judged.len(), statement, || {
-            dataset.description.clone()
-        }),
+        provenance: Provenance {
+            reference: Some(reference_from(&reference, REFERENCE_POINTS)),
+            ..provenance(args, format!("recall {recall}"), judged.len(), statement, || {
+                dataset.description.clone()
+            })
+        },
     };
     Ok(Chosen { calibration, summary })
 }
@@ -316,6 +324,7 @@ fn provenance(
         data: args.provenance.clone().unwrap_or_else(data),
         frames: frames as u64,
         statement,
+        reference: None,
     }
 }
 

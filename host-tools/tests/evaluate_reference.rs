@@ -18,32 +18,10 @@ use std::process::Command;
 use serde_json::Value;
 
 mod common;
-use common::write_npy;
+use common::{Random, write_npy};
 
 const SCORES: [&str; 4] = ["max_softmax", "entropy", "margin", "energy"];
 const PIXEL_METRICS: [&str; 4] = ["auroc", "aupr_error", "fpr_at_95_tpr", "aurc"];
-
-/// A small deterministic generator (xorshift64*), uniform in [0, 1).
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() * n as f64) as usize % n
-    }
-
-    /// Standard normal by Box-Muller.
-    fn normal(&mut self) -> f64 {
-        let u = self.next().max(1e-300);
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.next()).cos()
-    }
-}
 
 /// A generated data set on disk: logits/*.npy, labels/*.png, and the labels again as
 /// labels_npy/*.npy for the reference (which reads no PNG).

@@ -16,26 +16,12 @@ fn qualm(args: &[&str]) -> Output {
 }
 
 fn entry(frame: usize, mean_entropy: f32, mean_max_softmax: f32) -> LedgerEntry {
-    LedgerEntry {
-        time: "2026-12-03T00:00:00Z".into(),
-        frame: format!("f{frame}"),
-        origin: String::new(),
-        model_sha256: "ab".repeat(32),
-        kept: false,
-        reason: "observe_only".into(),
-        temperature: Some(1.5),
-        uncertain_level: Some(0.5),
-        statistic: None,
-        threshold: None,
-        stats: Some(FrameStats { mean_entropy, mean_max_softmax, ..FrameStats::default() }),
-        record: None,
-        error: None,
-    }
+    let stats = FrameStats { mean_entropy, mean_max_softmax, ..FrameStats::default() };
+    common::ledger_entry(format!("f{frame}"), "2026-12-03T00:00:00Z", stats)
 }
 
 fn write_ledger(path: &Path, entries: &[LedgerEntry]) {
-    let lines: Vec<String> = entries.iter().map(|e| serde_json::to_string(e).unwrap()).collect();
-    fs::write(path, lines.join("\n") + "\n").unwrap();
+    common::write_ledger(path, entries);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Calibration files: the temperature and gate threshold chosen on the host for one model.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -26,6 +27,23 @@ pub struct Provenance {
     /// The guarantee the threshold comes with, in words.
     #[serde(default)]
     pub statement: String,
+    /// The distribution of every frame statistic on those frames, for `qualm drift`; absent in
+    /// files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
+}
+
+/// A compact distribution of each frame statistic over the calibration frames: either every
+/// frame's value or equally spaced quantiles, each point standing for the same share of frames.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Reference {
+    /// Frames the points summarise.
+    pub frames: u64,
+    /// `values` when the points are the frames' own values, `quantiles` when they are
+    /// quantiles at levels `(i + 0.5) / points` of them.
+    pub kind: String,
+    /// Sorted points per statistic name (NaN values left out).
+    pub statistics: BTreeMap<String, Vec<f32>>,
 }
 
 /// A calibration file as written by `qualm thresholds` and read by qualmd.
