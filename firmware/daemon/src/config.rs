@@ -39,6 +39,9 @@ pub struct Config {
     /// JPEG quality of kept frames, 1 to 100.
     #[serde(default = "default_jpeg_quality")]
     pub jpeg_quality: u8,
+    /// How qualmd runs on the camera: capture queue, source restarts, metrics endpoint.
+    #[serde(default)]
+    pub device: crate::service::DeviceConfig,
 }
 
 fn default_jpeg_quality() -> u8 {

@@ -1,8 +1,8 @@
 //! The per-frame path: prepare, infer, score, gate, store, log.
 
 use std::io::Cursor;
-use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use image::codecs::jpeg::JpegEncoder;
@@ -16,7 +16,7 @@ use crate::calibration::Calibration;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::model::SegmentationModel;
-use crate::source::{FolderSource, Frame, FrameSource, VideoSource};
+use crate::source::{BadFrame, FolderSource, Frame, FrameSource, VideoSource};
 use crate::spool::{RecordFile, Spool};
 
 /// Counts of one run, printed when it ends.
@@ -33,6 +33,13 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts one frame's ledger entry.
+    pub fn count(&mut self, entry: &LedgerEntry) {
+        self.frames += 1;
+        self.kept += u64::from(entry.kept);
+        self.failed += u64::from(entry.error.is_some());
+    }
+
     /// Frames per second over the run.
     pub fn frames_per_second(&self) -> f64 {
         if self.seconds > 0.0 { self.frames as f64 / self.seconds } else { 0.0 }
@@ -61,7 +68,7 @@ struct RecordMeta<'a> {
 ///
 /// # Errors
 /// When the folder or video cannot be opened.
-pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource>> {
+pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource + Send>> {
     match (&config.source.frames, &config.source.video) {
         (Some(folder), _) => Ok(Box::new(FolderSource::open(folder)?)),
         (None, Some(video)) => Ok(Box::new(VideoSource::open(video)?)),
@@ -81,6 +88,8 @@ pub struct Daemon {
     spool: Spool,
     ledger: Ledger,
     jpeg_quality: u8,
+    /// Time of the last model run, for the metrics endpoint.
+    last_inference: Duration,
 }
 
 impl Daemon {
@@ -110,21 +119,45 @@ impl Daemon {
                 None
             }
         };
-        let stats_config = match &calibration {
-            Some(c) => StatsConfig {
-                temperature: c.temperature()?,
-                uncertain_level: c.uncertain_level,
-                ..StatsConfig::default()
-            },
-            None => StatsConfig { temperature: Temperature::ONE, ..StatsConfig::default() },
-        };
+        let stats_config = stats_config_for(calibration.as_ref())?;
 
         let (height, width) = model.output_size();
         let maps = OwnedFrameMaps::new(height * width);
         let spool = Spool::open(&config.spool)?;
         let ledger = Ledger::open(&config.ledger)?;
         let jpeg_quality = config.jpeg_quality;
-        Ok(Self { model, calibration, stats_config, maps, spool, ledger, jpeg_quality })
+        let last_inference = Duration::ZERO;
+        Ok(Self {
+            model,
+            calibration,
+            stats_config,
+            maps,
+            spool,
+            ledger,
+            jpeg_quality,
+            last_inference,
+        })
+    }
+
+    /// Replaces the calibration with the file at `path` (on SIGHUP). A file that cannot be
+    /// read, or was made for another model, is refused and the current calibration stays.
+    ///
+    /// # Errors
+    /// When the file is refused; nothing changes then.
+    pub fn reload_calibration(&mut self, path: &Path) -> anyhow::Result<()> {
+        let calibration = Calibration::load(path)?;
+        calibration.check_model(path, self.model.sha256())?;
+        self.stats_config = stats_config_for(Some(&calibration))?;
+        let gate = calibration.gate;
+        let temperature = calibration.temperature;
+        tracing::info!(path = %path.display(), "calibration reloaded: {gate:?}, T = {temperature}");
+        self.calibration = Some(calibration);
+        Ok(())
+    }
+
+    /// How long the last model run took (zero before the first frame).
+    pub fn last_inference(&self) -> Duration {
+        self.last_inference
     }
 
     /// Runs until the source ends or `max_frames` frames were read. A bad frame is logged,
@@ -141,25 +174,41 @@ impl Daemon {
         let started = Instant::now();
 
         for item in source.take(max_frames.map_or(usize::MAX, |n| n as usize)) {
-            summary.frames += 1;
-            let entry = match item {
-                Ok(frame) => self.process(&frame).unwrap_or_else(|error| {
-                    tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
-                    self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
-                }),
-                Err(bad) => {
-                    tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
-                    self.failed_entry(bad.id, String::new(), &bad.error)
-                }
-            };
-            summary.kept += u64::from(entry.kept);
-            summary.failed += u64::from(entry.error.is_some());
-            self.ledger.append(&entry)?;
+            let entry = self.handle(item)?;
+            summary.count(&entry);
         }
 
         self.ledger.sync()?;
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// Scores one item of a source, stores the frame when the gate keeps it, and appends its
+    /// ledger line. A bad frame is logged and written to the ledger as an error.
+    ///
+    /// # Errors
+    /// Only when the ledger cannot be written.
+    pub fn handle(&mut self, item: Result<Frame, BadFrame>) -> anyhow::Result<LedgerEntry> {
+        let entry = match item {
+            Ok(frame) => self.process(&frame).unwrap_or_else(|error| {
+                tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
+                self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
+            }),
+            Err(bad) => {
+                tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
+                self.failed_entry(bad.id, String::new(), &bad.error)
+            }
+        };
+        self.ledger.append(&entry)?;
+        Ok(entry)
+    }
+
+    /// Flushes and fsyncs the ledger (at the end of a run, or before a clean stop).
+    ///
+    /// # Errors
+    /// When the ledger cannot be written out.
+    pub fn sync_ledger(&mut self) -> anyhow::Result<()> {
+        self.ledger.sync()
     }
 
     fn failed_entry(&self, frame: String, origin: String, error: &anyhow::Error) -> LedgerEntry {
@@ -182,7 +231,9 @@ impl Daemon {
 
     fn process(&mut self, frame: &Frame) -> anyhow::Result<LedgerEntry> {
         self.model.prepare(&frame.image);
+        let started = Instant::now();
         let output = self.model.infer()?;
+        self.last_inference = started.elapsed();
         let stats = self.model.analyze(&output, &self.stats_config, self.maps.as_maps())?;
         tracing::trace!(frame = %frame.id, mean_entropy = stats.mean_entropy, "frame scored");
 
@@ -317,6 +368,18 @@ fn heat_map(uncertainty: &[u8], width: u32, height: u32) -> anyhow::Result<RgbIm
         pixels.extend_from_slice(&[colour.r, colour.g, colour.b]);
     }
     RgbImage::from_raw(width, height, pixels).context("uncertainty map size mismatch")
+}
+
+/// The statistics settings a calibration asks for (temperature 1 without one).
+fn stats_config_for(calibration: Option<&Calibration>) -> anyhow::Result<StatsConfig> {
+    Ok(match calibration {
+        Some(c) => StatsConfig {
+            temperature: c.temperature()?,
+            uncertain_level: c.uncertain_level,
+            ..StatsConfig::default()
+        },
+        None => StatsConfig { temperature: Temperature::ONE, ..StatsConfig::default() },
+    })
 }
 
 fn now() -> String {

@@ -1,4 +1,5 @@
-//! Frame sources: a folder of images, or a video decoded by an ffmpeg pipe.
+//! Frame sources: a folder of images, or a video decoded by an ffmpeg pipe: a file, a network
+//! stream (RTSP, HTTP) named by URL, or (feature `v4l2`) a V4L2 camera device.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -80,7 +81,48 @@ impl Iterator for FolderSource {
     }
 }
 
-/// A video file decoded by `ffmpeg` into a stream of binary PPM frames on a pipe.
+/// Whether a video source names a network stream (`rtsp://...`, `http://...`) rather than a
+/// file: streams are live, may stall, and are reopened when they end.
+pub fn is_stream_url(video: &Path) -> bool {
+    video.to_str().is_some_and(|v| v.contains("://"))
+}
+
+/// Whether a video source names a V4L2 camera device (`/dev/video*`).
+pub fn is_camera_device(video: &Path) -> bool {
+    video.starts_with("/dev")
+        && video.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"video"))
+}
+
+/// ffmpeg's input options for `video`: socket timeouts for network streams (so a stalled
+/// stream ends the pipe and is reopened instead of hanging), the `v4l2` demuxer for cameras.
+///
+/// # Errors
+/// When `video` is a camera device and qualmd was built without the `v4l2` feature.
+pub fn ffmpeg_input_args(video: &Path) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    if is_stream_url(video) {
+        // Ten seconds without data count as a stall; the values are microseconds.
+        let timeout = if video.to_string_lossy().starts_with("rtsp") {
+            args.extend(["-rtsp_transport".into(), "tcp".into()]);
+            "-timeout"
+        } else {
+            "-rw_timeout"
+        };
+        args.extend([timeout.into(), "10000000".into()]);
+    } else if is_camera_device(video) {
+        if !cfg!(feature = "v4l2") {
+            bail!(
+                "{} is a camera device: build qualmd with the v4l2 feature to read it",
+                video.display()
+            );
+        }
+        // MJPEG first: most UVC cameras reach their full frame rate only compressed.
+        args.extend(["-f".into(), "v4l2".into(), "-input_format".into(), "mjpeg".into()]);
+    }
+    Ok(args)
+}
+
+/// A video decoded by `ffmpeg` into a stream of binary PPM frames on a pipe.
 #[derive(Debug)]
 pub struct VideoSource {
     child: Child,
@@ -92,16 +134,29 @@ pub struct VideoSource {
 }
 
 impl VideoSource {
-    /// Starts `ffmpeg` on `path`.
+    /// Starts `ffmpeg` on `path`: a video file, a stream URL or a camera device (see
+    /// [`ffmpeg_input_args`]).
     ///
     /// # Errors
     /// When the file does not exist or ffmpeg cannot be started.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if !path.is_file() {
+        let input_args = ffmpeg_input_args(path)?;
+        Self::open_with(path, &input_args)
+    }
+
+    /// Starts `ffmpeg` on `path` with extra input options (placed before `-i`), for inputs
+    /// that need them, such as raw video of a stated pixel format and size.
+    ///
+    /// # Errors
+    /// When a local file does not exist or ffmpeg cannot be started.
+    pub fn open_with(path: &Path, input_args: &[String]) -> anyhow::Result<Self> {
+        if !is_stream_url(path) && !is_camera_device(path) && !path.is_file() {
             bail!("expected a video file at {}, found none", path.display());
         }
         let mut child = Command::new("ffmpeg")
-            .args(["-nostdin", "-loglevel", "error", "-i"])
+            .args(["-nostdin", "-loglevel", "error"])
+            .args(input_args)
+            .arg("-i")
             .arg(path)
             .args(["-f", "image2pipe", "-vcodec", "ppm", "-"])
             .stdin(Stdio::null())
