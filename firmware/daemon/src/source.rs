@@ -116,8 +116,9 @@ pub fn ffmpeg_input_args(video: &Path) -> anyhow::Result<Vec<String>> {
                 video.display()
             );
         }
-        // MJPEG first: most UVC cameras reach their full frame rate only compressed.
-        args.extend(["-f".into(), "v4l2".into(), "-input_format".into(), "mjpeg".into()]);
+        // The camera's own default format (MJPEG or YUYV on UVC cameras): ffmpeg decodes
+        // either to RGB, and forcing one would fail on cameras without it.
+        args.extend(["-f".into(), "v4l2".into()]);
     }
     Ok(args)
 }
@@ -243,5 +244,74 @@ impl Drop for VideoSource {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BT.601 limited range, the conversion of YUYV camera frames, in f64.
+    fn rgb_of(y: u8, u: u8, v: u8) -> [f64; 3] {
+        let (y, u, v) = (f64::from(y) - 16.0, f64::from(u) - 128.0, f64::from(v) - 128.0);
+        let r = 1.164 * y + 1.596 * v;
+        let g = 1.164 * y - 0.392 * u - 0.813 * v;
+        let b = 1.164 * y + 2.017 * u;
+        [r, g, b].map(|c| c.clamp(0.0, 255.0))
+    }
+
+    #[test]
+    fn yuyv_frames_arrive_as_the_bt601_colours() {
+        // Rows of constant chroma (YUYV shares U and V between two pixels): grey ramp, red,
+        // blue, green; 8 x 4 pixels.
+        let rows: [([u8; 8], u8, u8); 4] = [
+            ([16, 235, 16, 235, 126, 126, 200, 60], 128, 128),
+            ([81; 8], 90, 240),
+            ([41; 8], 240, 110),
+            ([145; 8], 54, 34),
+        ];
+        let mut raw = Vec::new();
+        for (luma, u, v) in &rows {
+            for pair in luma.chunks(2) {
+                raw.extend_from_slice(&[pair[0], *u, pair[1], *v]);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("camera.yuyv");
+        fs::write(&path, &raw).unwrap();
+
+        let args = ["-f", "rawvideo", "-pix_fmt", "yuyv422", "-video_size", "8x4"];
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut source = VideoSource::open_with(&path, &args).unwrap();
+        let frame = source.next().unwrap().unwrap();
+        assert_eq!(frame.image.dimensions(), (8, 4));
+        for (row, (luma, u, v)) in rows.iter().enumerate() {
+            for (column, &y) in luma.iter().enumerate() {
+                let found = frame.image.get_pixel(column as u32, row as u32).0;
+                let expected = rgb_of(y, *u, *v);
+                for channel in 0..3 {
+                    // swscale converts in fixed point: within 3 of the f64 reference.
+                    let error = (f64::from(found[channel]) - expected[channel]).abs();
+                    assert!(error <= 3.0, "pixel ({column}, {row}): {found:?} vs {expected:?}");
+                }
+            }
+        }
+        assert!(source.next().is_none(), "one frame in the file");
+    }
+
+    #[test]
+    fn sources_are_told_apart_by_name() {
+        assert!(is_stream_url(Path::new("rtsp://camera.local/stream")));
+        assert!(!is_stream_url(Path::new("street.avi")));
+        assert!(is_camera_device(Path::new("/dev/video0")));
+        assert!(!is_camera_device(Path::new("/dev/null")));
+        let rtsp = ffmpeg_input_args(Path::new("rtsp://camera.local/stream")).unwrap();
+        assert_eq!(rtsp, ["-rtsp_transport", "tcp", "-timeout", "10000000"]);
+        let camera = ffmpeg_input_args(Path::new("/dev/video0"));
+        if cfg!(feature = "v4l2") {
+            assert_eq!(camera.unwrap(), ["-f", "v4l2"]);
+        } else {
+            assert!(camera.unwrap_err().to_string().contains("v4l2 feature"));
+        }
     }
 }
