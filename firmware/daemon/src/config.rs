@@ -140,6 +140,9 @@ pub struct Config {
     /// Which of the passing frames are kept.
     #[serde(default)]
     pub policy: PolicySettings,
+    /// How qualmd runs on the camera: capture queue, source restarts, metrics endpoint.
+    #[serde(default)]
+    pub device: crate::service::DeviceConfig,
 }
 
 fn default_jpeg_quality() -> u8 {

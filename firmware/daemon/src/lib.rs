@@ -1,13 +1,17 @@
-//! qualmd's building blocks: model cards and tract inference, frame sources, calibration
-//! files, the spool and the ledger. The `qualm` host tools link this library too, so a model
-//! is loaded, fed and scored the same way on the laptop and on the camera.
+//! qualmd's building blocks: model cards and tract inference, frame sources and the capture
+//! thread, calibration files, the spool and the ledger, metrics and service life. The `qualm`
+//! host tools link this library too, so a model is loaded, fed and scored the same way on the
+//! laptop and on the camera.
 
 pub mod calibration;
+pub mod capture;
 pub mod card;
 pub mod config;
 pub mod ledger;
+pub mod metrics;
 pub mod model;
 pub mod perceptual;
 pub mod pipeline;
+pub mod service;
 pub mod source;
 pub mod spool;

@@ -1,15 +1,20 @@
 //! `qualmd`: runs the segmentation model on every frame, keeps the uncertain ones.
 //!
-//! Exit codes: 0 when the source was processed to its end (bad frames are skipped, not fatal),
-//! 1 when start-up failed or the ledger could not be written, 2 for usage errors.
+//! Exit codes: 0 when the source was processed to its end or a SIGTERM/SIGINT drained the run
+//! (bad frames are skipped, not fatal), 1 when start-up failed or the ledger could not be
+//! written, 2 for usage errors. A second SIGTERM/SIGINT during the drain exits with 1 at once.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use qualm_daemon::config::{Config, SourceConfig};
-use qualm_daemon::pipeline::{Daemon, open_source};
+use qualm_daemon::metrics::{self, Metrics};
+use qualm_daemon::pipeline::Daemon;
+use qualm_daemon::service::{self, DeviceConfig, ServiceContext, Signals};
 
 /// Run a segmentation model on camera frames, score how unsure it is on each one, and keep the
 /// frames worth labeling as records in a spool folder. Every frame adds a line to the ledger.
@@ -40,9 +45,19 @@ struct Args {
     #[arg(long, conflicts_with = "video")]
     frames: Option<PathBuf>,
 
-    /// Read frames from this video file through ffmpeg.
+    /// Read frames through ffmpeg from a video file, a stream URL (rtsp://, http://), or a
+    /// V4L2 camera such as /dev/video0 (needs the v4l2 feature). Streams and cameras are
+    /// live: reopened when they end, oldest frame dropped when inference falls behind.
     #[arg(long)]
     video: Option<PathBuf>,
+
+    /// Start the source again whenever it ends [default: only for streams and cameras].
+    #[arg(long = "loop")]
+    restart: bool,
+
+    /// Serve Prometheus metrics at this address, e.g. 127.0.0.1:9187 [default: none].
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 
     /// Folder for kept records.
     #[arg(long)]
@@ -81,6 +96,7 @@ impl Args {
                 spool_max_records: None,
                 spool_max_bytes: None,
                 policy: Default::default(),
+                device: DeviceConfig::default(),
             },
         };
 
@@ -105,6 +121,12 @@ impl Args {
         if self.max_frames.is_some() {
             config.max_frames = self.max_frames;
         }
+        if self.restart {
+            config.device.restart = Some(true);
+        }
+        if self.metrics.is_some() {
+            config.device.metrics = self.metrics;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -112,19 +134,40 @@ impl Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    // Handlers first: a SIGTERM while the model loads still ends the run cleanly.
+    let signals = Signals::install()?;
     let mut daemon = Daemon::new(&config)?;
-    let mut source = open_source(&config)?;
+    let capture = service::start_capture(&config)?;
 
-    let summary = daemon.run(source.as_mut(), config.max_frames)?;
+    let metrics = match config.device.metrics {
+        Some(address) => {
+            let metrics = Arc::new(Metrics::new()?);
+            metrics.watch_capture(capture.status());
+            metrics::serve(address, Arc::clone(&metrics), config.spool.clone())?;
+            Some(metrics)
+        }
+        None => None,
+    };
+
+    let context = ServiceContext {
+        signals: &signals,
+        metrics: metrics.as_deref(),
+        calibration: config.calibration.as_deref(),
+        max_frames: config.max_frames,
+    };
+    let outcome = service::serve(&mut daemon, &capture, &context)?;
+    let summary = outcome.frames;
     println!(
-        "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {:.1} frames/s; \
-         records in {}, ledger {}",
+        "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \
+         {:.1} frames/s{}; records in {}, ledger {}",
         summary.frames,
         summary.kept,
         summary.evicted,
         summary.spool_errors,
         summary.failed,
+        outcome.dropped,
         summary.frames_per_second(),
+        if outcome.signalled { ", stopped by signal" } else { "" },
         daemon.spool_folder().display(),
         config.ledger.display()
     );

@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use image::codecs::jpeg::JpegEncoder;
@@ -18,7 +18,7 @@ use crate::config::{BUDGET_CAPACITY, Config};
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::model::SegmentationModel;
 use crate::perceptual::difference_hash;
-use crate::source::{FolderSource, Frame, FrameSource, VideoSource};
+use crate::source::{BadFrame, FolderSource, Frame, FrameSource, VideoSource};
 use crate::spool::{RecordFile, RecordRank, Spool, SpoolLimits, Victim};
 
 /// How many recently kept frames a new frame is compared with for near-duplicates.
@@ -72,7 +72,7 @@ struct RecordMeta<'a> {
 ///
 /// # Errors
 /// When the folder or video cannot be opened.
-pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource>> {
+pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource + Send>> {
     match (&config.source.frames, &config.source.video) {
         (Some(folder), _) => Ok(Box::new(FolderSource::open(folder)?)),
         (None, Some(video)) => Ok(Box::new(VideoSource::open(video)?)),
@@ -122,6 +122,8 @@ pub struct Daemon {
     pending: Vec<(u64, String)>,
     ledger: Ledger,
     jpeg_quality: u8,
+    /// Time of the last model run, for the metrics endpoint.
+    last_inference: Duration,
 }
 
 impl Daemon {
@@ -157,14 +159,7 @@ impl Daemon {
                 (None, None)
             }
         };
-        let stats_config = match &calibration {
-            Some(c) => StatsConfig {
-                temperature: c.temperature()?,
-                uncertain_level: c.uncertain_level,
-                ..StatsConfig::default()
-            },
-            None => StatsConfig { temperature: Temperature::ONE, ..StatsConfig::default() },
-        };
+        let stats_config = stats_config_for(calibration.as_ref())?;
 
         let policy_config = config.policy.policy_config()?;
         let policy = Policy::try_new(policy_config).map_err(|e| anyhow::anyhow!("policy: {e}"))?;
@@ -198,7 +193,38 @@ impl Daemon {
             pending: Vec::new(),
             ledger,
             jpeg_quality: config.jpeg_quality,
+            last_inference: Duration::ZERO,
         })
+    }
+
+    /// Replaces the calibration and its rules with the file at `path` (on SIGHUP). A file that
+    /// cannot be read, or was made for another model, is refused and the current one stays.
+    /// The keep policy's state (budget window, cooldown, recent hashes) carries on.
+    ///
+    /// # Errors
+    /// When the file is refused; nothing changes then.
+    pub fn reload_calibration(&mut self, path: &Path) -> anyhow::Result<()> {
+        let calibration = Calibration::load(path)?;
+        calibration.check_model(path, self.model.sha256())?;
+        let rules = Calibration::load_rules(path)?;
+        let stats_config = stats_config_for(Some(&calibration))?;
+
+        tracing::info!(
+            path = %path.display(),
+            rules = rules.as_slice().len(),
+            combine = ?rules.combine,
+            temperature = calibration.temperature,
+            "calibration reloaded"
+        );
+        self.stats_config = stats_config;
+        self.rules = Some(rules);
+        self.calibration = Some(calibration);
+        Ok(())
+    }
+
+    /// How long the last model run took (zero before the first frame).
+    pub fn last_inference(&self) -> Duration {
+        self.last_inference
     }
 
     /// Runs until the source ends or `max_frames` frames were read. A bad frame is logged,
@@ -216,35 +242,55 @@ impl Daemon {
         let started = Instant::now();
 
         for item in source.take(max_frames.map_or(usize::MAX, |n| n as usize)) {
-            summary.frames += 1;
-            let time_ms = self.clock.tick();
-            let failed = match item {
-                Ok(frame) => match self.score(&frame) {
-                    Ok(stats) => {
-                        self.gate(&frame, stats, time_ms, &mut summary)?;
-                        None
-                    }
-                    Err(error) => {
-                        tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
-                        Some(self.failed_entry(frame.id.clone(), frame.origin.clone(), &error))
-                    }
-                },
-                Err(bad) => {
-                    tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
-                    Some(self.failed_entry(bad.id, String::new(), &bad.error))
-                }
-            };
-            if let Some(entry) = failed {
-                summary.failed += 1;
-                self.ledger.append(&entry)?;
-            }
+            self.handle(item, &mut summary)?;
         }
 
-        self.policy.finish();
-        self.finalize_pending();
-        self.ledger.sync()?;
+        self.finish()?;
         summary.seconds = started.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// Scores one item of a source, applies the keep policy, stores the frame when kept and
+    /// ledgers it (and any record evicted on the way); counts go into `summary`. A bad frame
+    /// is logged and ledgered as an error. Returns the frame's own ledger line.
+    ///
+    /// # Errors
+    /// Only when the ledger cannot be written: without it nothing could be accounted for.
+    pub fn handle(
+        &mut self,
+        item: Result<Frame, BadFrame>,
+        summary: &mut Summary,
+    ) -> anyhow::Result<LedgerEntry> {
+        summary.frames += 1;
+        let time_ms = self.clock.tick();
+        let failed = match item {
+            Ok(frame) => match self.score(&frame) {
+                Ok(stats) => return self.gate(&frame, stats, time_ms, summary),
+                Err(error) => {
+                    tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
+                    self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
+                }
+            },
+            Err(bad) => {
+                tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
+                self.failed_entry(bad.id, String::new(), &bad.error)
+            }
+        };
+
+        summary.failed += 1;
+        self.ledger.append(&failed)?;
+        Ok(failed)
+    }
+
+    /// Ends a run: closes the open budget window (its candidates become final records) and
+    /// flushes and fsyncs the ledger. Call it once, after the last frame or on a stop signal.
+    ///
+    /// # Errors
+    /// When the ledger cannot be written out.
+    pub fn finish(&mut self) -> anyhow::Result<()> {
+        self.policy.finish();
+        self.finalize_pending();
+        self.ledger.sync()
     }
 
     fn entry(&self, frame: String, origin: String, reason: &str) -> LedgerEntry {
@@ -271,7 +317,9 @@ impl Daemon {
 
     fn score(&mut self, frame: &Frame) -> anyhow::Result<FrameStats> {
         self.model.prepare(&frame.image);
+        let started = Instant::now();
         let output = self.model.infer()?;
+        self.last_inference = started.elapsed();
         let maps = self.maps.as_maps();
         let stats =
             self.model.analyze_in_region(&output, &self.stats_config, maps, self.roi.as_deref())?;
@@ -289,14 +337,17 @@ impl Daemon {
         stats: FrameStats,
         time_ms: u64,
         summary: &mut Summary,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<LedgerEntry> {
         let mut entry = LedgerEntry {
             temperature: Some(self.stats_config.temperature.get()),
             uncertain_level: Some(self.stats_config.uncertain_level),
             stats: Some(stats),
             ..self.entry(frame.id.clone(), frame.origin.clone(), "observe_only")
         };
-        let Some(rules) = self.rules else { return self.ledger.append(&entry) };
+        let Some(rules) = self.rules else {
+            self.ledger.append(&entry)?;
+            return Ok(entry);
+        };
 
         let first = rules.as_slice()[0];
         entry.statistic = Some(first.statistic);
@@ -323,7 +374,7 @@ impl Daemon {
         if entry.kept {
             self.make_room(summary)?;
         }
-        Ok(())
+        Ok(entry)
     }
 
     /// Stores the record of a frame the policy keeps; a spool error turns the entry into one.
@@ -565,4 +616,16 @@ fn heat_map(uncertainty: &[u8], width: u32, height: u32) -> anyhow::Result<RgbIm
 
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The statistics settings a calibration asks for (temperature 1 without one).
+fn stats_config_for(calibration: Option<&Calibration>) -> anyhow::Result<StatsConfig> {
+    Ok(match calibration {
+        Some(c) => StatsConfig {
+            temperature: c.temperature()?,
+            uncertain_level: c.uncertain_level,
+            ..StatsConfig::default()
+        },
+        None => StatsConfig { temperature: Temperature::ONE, ..StatsConfig::default() },
+    })
 }

@@ -1,4 +1,5 @@
-//! Frame sources: a folder of images, or a video decoded by an ffmpeg pipe.
+//! Frame sources: a folder of images, or a video decoded by an ffmpeg pipe: a file, a network
+//! stream (RTSP, HTTP) named by URL, or (feature `v4l2`) a V4L2 camera device.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -80,7 +81,49 @@ impl Iterator for FolderSource {
     }
 }
 
-/// A video file decoded by `ffmpeg` into a stream of binary PPM frames on a pipe.
+/// Whether a video source names a network stream (`rtsp://...`, `http://...`) rather than a
+/// file: streams are live, may stall, and are reopened when they end.
+pub fn is_stream_url(video: &Path) -> bool {
+    video.to_str().is_some_and(|v| v.contains("://"))
+}
+
+/// Whether a video source names a V4L2 camera device (`/dev/video*`).
+pub fn is_camera_device(video: &Path) -> bool {
+    video.starts_with("/dev")
+        && video.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"video"))
+}
+
+/// ffmpeg's input options for `video`: socket timeouts for network streams (so a stalled
+/// stream ends the pipe and is reopened instead of hanging), the `v4l2` demuxer for cameras.
+///
+/// # Errors
+/// When `video` is a camera device and qualmd was built without the `v4l2` feature.
+pub fn ffmpeg_input_args(video: &Path) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = Vec::new();
+    if is_stream_url(video) {
+        // Ten seconds without data count as a stall; the values are microseconds.
+        let timeout = if video.to_string_lossy().starts_with("rtsp") {
+            args.extend(["-rtsp_transport".into(), "tcp".into()]);
+            "-timeout"
+        } else {
+            "-rw_timeout"
+        };
+        args.extend([timeout.into(), "10000000".into()]);
+    } else if is_camera_device(video) {
+        if !cfg!(feature = "v4l2") {
+            bail!(
+                "{} is a camera device: build qualmd with the v4l2 feature to read it",
+                video.display()
+            );
+        }
+        // The camera's own default format (MJPEG or YUYV on UVC cameras): ffmpeg decodes
+        // either to RGB, and forcing one would fail on cameras without it.
+        args.extend(["-f".into(), "v4l2".into()]);
+    }
+    Ok(args)
+}
+
+/// A video decoded by `ffmpeg` into a stream of binary PPM frames on a pipe.
 #[derive(Debug)]
 pub struct VideoSource {
     child: Child,
@@ -92,16 +135,29 @@ pub struct VideoSource {
 }
 
 impl VideoSource {
-    /// Starts `ffmpeg` on `path`.
+    /// Starts `ffmpeg` on `path`: a video file, a stream URL or a camera device (see
+    /// [`ffmpeg_input_args`]).
     ///
     /// # Errors
     /// When the file does not exist or ffmpeg cannot be started.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if !path.is_file() {
+        let input_args = ffmpeg_input_args(path)?;
+        Self::open_with(path, &input_args)
+    }
+
+    /// Starts `ffmpeg` on `path` with extra input options (placed before `-i`), for inputs
+    /// that need them, such as raw video of a stated pixel format and size.
+    ///
+    /// # Errors
+    /// When a local file does not exist or ffmpeg cannot be started.
+    pub fn open_with(path: &Path, input_args: &[String]) -> anyhow::Result<Self> {
+        if !is_stream_url(path) && !is_camera_device(path) && !path.is_file() {
             bail!("expected a video file at {}, found none", path.display());
         }
         let mut child = Command::new("ffmpeg")
-            .args(["-nostdin", "-loglevel", "error", "-i"])
+            .args(["-nostdin", "-loglevel", "error"])
+            .args(input_args)
+            .arg("-i")
             .arg(path)
             .args(["-f", "image2pipe", "-vcodec", "ppm", "-"])
             .stdin(Stdio::null())
@@ -188,5 +244,74 @@ impl Drop for VideoSource {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// BT.601 limited range, the conversion of YUYV camera frames, in f64.
+    fn rgb_of(y: u8, u: u8, v: u8) -> [f64; 3] {
+        let (y, u, v) = (f64::from(y) - 16.0, f64::from(u) - 128.0, f64::from(v) - 128.0);
+        let r = 1.164 * y + 1.596 * v;
+        let g = 1.164 * y - 0.392 * u - 0.813 * v;
+        let b = 1.164 * y + 2.017 * u;
+        [r, g, b].map(|c| c.clamp(0.0, 255.0))
+    }
+
+    #[test]
+    fn yuyv_frames_arrive_as_the_bt601_colours() {
+        // Rows of constant chroma (YUYV shares U and V between two pixels): grey ramp, red,
+        // blue, green; 8 x 4 pixels.
+        let rows: [([u8; 8], u8, u8); 4] = [
+            ([16, 235, 16, 235, 126, 126, 200, 60], 128, 128),
+            ([81; 8], 90, 240),
+            ([41; 8], 240, 110),
+            ([145; 8], 54, 34),
+        ];
+        let mut raw = Vec::new();
+        for (luma, u, v) in &rows {
+            for pair in luma.chunks(2) {
+                raw.extend_from_slice(&[pair[0], *u, pair[1], *v]);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("camera.yuyv");
+        fs::write(&path, &raw).unwrap();
+
+        let args = ["-f", "rawvideo", "-pix_fmt", "yuyv422", "-video_size", "8x4"];
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut source = VideoSource::open_with(&path, &args).unwrap();
+        let frame = source.next().unwrap().unwrap();
+        assert_eq!(frame.image.dimensions(), (8, 4));
+        for (row, (luma, u, v)) in rows.iter().enumerate() {
+            for (column, &y) in luma.iter().enumerate() {
+                let found = frame.image.get_pixel(column as u32, row as u32).0;
+                let expected = rgb_of(y, *u, *v);
+                for channel in 0..3 {
+                    // swscale converts in fixed point: within 3 of the f64 reference.
+                    let error = (f64::from(found[channel]) - expected[channel]).abs();
+                    assert!(error <= 3.0, "pixel ({column}, {row}): {found:?} vs {expected:?}");
+                }
+            }
+        }
+        assert!(source.next().is_none(), "one frame in the file");
+    }
+
+    #[test]
+    fn sources_are_told_apart_by_name() {
+        assert!(is_stream_url(Path::new("rtsp://camera.local/stream")));
+        assert!(!is_stream_url(Path::new("street.avi")));
+        assert!(is_camera_device(Path::new("/dev/video0")));
+        assert!(!is_camera_device(Path::new("/dev/null")));
+        let rtsp = ffmpeg_input_args(Path::new("rtsp://camera.local/stream")).unwrap();
+        assert_eq!(rtsp, ["-rtsp_transport", "tcp", "-timeout", "10000000"]);
+        let camera = ffmpeg_input_args(Path::new("/dev/video0"));
+        if cfg!(feature = "v4l2") {
+            assert_eq!(camera.unwrap(), ["-f", "v4l2"]);
+        } else {
+            assert!(camera.unwrap_err().to_string().contains("v4l2 feature"));
+        }
     }
 }
