@@ -61,7 +61,7 @@ python="$venv/bin/python"
 say "benchmark models into $models"
 "$python" models/build/bench_models.py --out "$models" >&2
 
-say "build (release): qualmd, the floor bench, the statistics bench"
+say "build (bench profile = release settings): the floor bench, the statistics bench, qualmd"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 bench_binary() { # bench_binary NAME [cargo flags] -> path of the bench executable it built
     cargo bench -q -p qualm-daemon --bench "$1" --no-run --message-format=json "${@:2}" \
@@ -71,13 +71,14 @@ print([m["executable"] for m in map(json.loads, sys.stdin)
 }
 floor_bin=$(bench_binary tract_floor)
 stats_bin=$(bench_binary stats_after_inference)
+# Benches build the package's binaries too: this qualmd has the bench profile (the release
+# settings) and default features, and shares the benches' tract build. Copied now, because the
+# feature build below relinks target/release/qualmd with multithread-mm.
+cp target/release/qualmd "$out/qualmd"
+qualmd="$root/$out/qualmd"
 if [ "$multithread" = 1 ]; then
     floor_mt_bin=$(bench_binary tract_floor --features multithread-mm)
 fi
-# Built last and copied: a bench build with a feature may relink target/release/qualmd with it.
-cargo build -q --release -p qualm-daemon --bin qualmd
-cp target/release/qualmd "$out/qualmd"
-qualmd="$root/$out/qualmd"
 
 selfie_cards="models/selfie/selfie_fp32.toml $models/selfie_qdq.toml models/selfie/selfie_int8.toml"
 scale_cards=$(ls "$models"/scale_r*_c*.toml | sort -V)
