@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Qualm's speed, side by side in one run: tract's floor, qualmd's pipeline, the statistics right
+# after an inference, onnxruntime as the peer, peak memory, allocations and the scaling sweep.
+# Prints a Markdown table and writes target/bench/results.{md,json}. See bench/README.md.
+#
+#   bash bench/run.sh            # about 10 minutes here once built
+#   bash bench/run.sh --quick    # fewer rounds and frames, under 2 minutes once built
+#   options: --multithread       also build tract with the multithread-mm feature (a second
+#                                build of the tract stack) and time 1, 2 and 4 threads
+#            --uplink "FLAGS"    extra qualmd flags that turn the uplink on, once qualmd has one
+#                                (recorded in the results; the default run has no uplink)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+rounds=60
+frames=200
+# tract runs the scaling nets' full-resolution Resize slowly (seconds per frame at 512 x 512 x
+# 150), so the sweep has rounds and frames of its own.
+scale_rounds=5
+scale_frames=8
+multithread=0
+uplink=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) rounds=15; frames=60; scale_rounds=2; scale_frames=3 ;;
+        --multithread) multithread=1 ;;
+        --uplink) uplink="$2"; shift ;;
+        *) echo "bench/run.sh: unknown option $1 (expected --quick, --multithread, --uplink FLAGS)" >&2
+           exit 2 ;;
+    esac
+    shift
+done
+
+out=target/bench
+models=target/bench-models
+rm -rf "$out"
+mkdir -p "$out"
+started=$(date +%s)
+say() { echo "--- $* ($(($(date +%s) - started)) s)" >&2; }
+
+# GNU time gives the peak resident set size.
+if [ ! -x /usr/bin/time ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+fi
+
+# The peer and the model generator: pinned as in models/build/requirements.txt, in a venv of
+# their own under target/, reused while the pins are unchanged.
+venv=target/bench-python
+pins="onnxruntime==1.19.2 onnx==1.16.2 numpy==1.26.4 pillow==10.4.0 protobuf==3.20.3"
+if [ "$(cat "$venv/pins" 2>/dev/null)" != "$pins" ]; then
+    say "python venv ($pins)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    # shellcheck disable=SC2086 # one word per package
+    "$venv/bin/pip" install -q --disable-pip-version-check $pins
+    echo "$pins" > "$venv/pins"
+fi
+python="$venv/bin/python"
+
+say "benchmark models into $models"
+"$python" models/build/bench_models.py --out "$models" >&2
+
+say "build (bench profile = release settings): the floor bench, the statistics bench, qualmd"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+bench_binary() { # bench_binary NAME [cargo flags] -> path of the bench executable it built
+    cargo bench -q -p qualm-daemon --bench "$1" --no-run --message-format=json "${@:2}" \
+        | "$python" -c 'import json, sys
+print([m["executable"] for m in map(json.loads, sys.stdin)
+       if m.get("reason") == "compiler-artifact" and m.get("executable")][-1])'
+}
+floor_bin=$(bench_binary tract_floor)
+stats_bin=$(bench_binary stats_after_inference)
+# Benches build the package's binaries too: this qualmd has the bench profile (the release
+# settings) and default features, and shares the benches' tract build. Copied now, because the
+# feature build below relinks target/release/qualmd with multithread-mm.
+cp target/release/qualmd "$out/qualmd"
+qualmd="$root/$out/qualmd"
+if [ "$multithread" = 1 ]; then
+    floor_mt_bin=$(bench_binary tract_floor --features multithread-mm)
+fi
+
+selfie_cards="models/selfie/selfie_fp32.toml $models/selfie_qdq.toml models/selfie/selfie_int8.toml"
+scale_cards=$(ls "$models"/scale_r*_c*.toml | sort -V)
+
+say "tract floor and daemon stages ($rounds rounds)"
+# shellcheck disable=SC2086 # lists of paths without spaces
+"$floor_bin" --rounds "$rounds" --json "$out/tract.json" $selfie_cards \
+    models/multiclass/multiclass_int8.toml >&2
+say "tract floor and daemon stages of the scaling nets ($scale_rounds rounds)"
+# shellcheck disable=SC2086
+"$floor_bin" --rounds "$scale_rounds" --json "$out/tract_scaling.json" $scale_cards >&2
+if [ "$multithread" = 1 ]; then
+    say "tract multithread-mm, 1, 2 and 4 threads"
+    # shellcheck disable=SC2086
+    "$floor_mt_bin" --rounds "$rounds" --threads 1,2,4 --json "$out/tract_mt.json" \
+        $selfie_cards >&2
+fi
+
+say "statistics right after an inference"
+ROUNDS=$rounds "$stats_bin" > "$out/stats_after_inference.md"
+
+say "onnxruntime peer"
+# shellcheck disable=SC2086
+{
+    "$python" bench/ort_peer.py --rounds "$rounds" --threads 1,2 models/selfie/selfie_fp32.onnx \
+        "$models/selfie_qdq.onnx" models/selfie/selfie_int8.onnx models/multiclass/multiclass_int8.onnx
+    # shellcheck disable=SC2046 # one word per model
+    "$python" bench/ort_peer.py --rounds "$scale_rounds" --threads 1 \
+        $(for card in $scale_cards; do echo "${card%.toml}.onnx"; done)
+} > "$out/ort.jsonl"
+
+# qualmd as a black box: a folder of N frames (the 40 real frames, repeated), the frame loop's
+# frames/s from its summary line, peak RSS from GNU time. Three runs; the report takes medians.
+frame_folder() { # frame_folder N -> a folder of N links to the real frames
+    local folder="$out/frames-$1"
+    mkdir -p "$folder"
+    local real=(models/frames/vtest/*.jpg)
+    for ((k = 0; k < $1; k++)); do
+        ln -sf "$root/${real[k % ${#real[@]}]}" "$folder/$(printf 'frame_%05d.jpg' "$k")"
+    done
+    echo "$folder"
+}
+qualmd_run() { # qualmd_run NAME FRAMES CARD [qualmd flags...] -> one JSON line
+    local name=$1 folder=$2 card=$3
+    shift 3
+    local run="$out/run-$name"
+    rm -rf "$run"
+    mkdir -p "$run"
+    # shellcheck disable=SC2086 # the uplink flags are words on purpose
+    /usr/bin/time -v "$qualmd" --model "$card" --frames "$folder" --spool "$run/spool" \
+        --ledger "$run/ledger.jsonl" --log warn "$@" $uplink > "$run/stdout" 2> "$run/time"
+    "$python" - "$name" "$card" "$run" "$uplink" <<'EOF'
+import json, re, sys
+name, card, run, uplink = sys.argv[1:]
+summary = open(f"{run}/stdout").read()
+timing = open(f"{run}/time").read()
+m = re.search(r"qualmd: (\d+) frames, (\d+) kept, (\d+) failed, ([\d.]+) frames/s", summary)
+rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing)
+if not m or not rss:
+    raise SystemExit(f"bench/run.sh: expected qualmd's summary line in {run}/stdout and GNU time's "
+                     f"peak RSS in {run}/time, found {summary!r}")
+print(json.dumps({"name": name, "card": card, "frames": int(m[1]), "kept": int(m[2]),
+                  "failed": int(m[3]), "frames_per_second": float(m[4]),
+                  "peak_rss_kib": int(rss[1]), "uplink": uplink or "off"}))
+EOF
+}
+
+say "qualmd pipeline, $frames frames, 3 runs each"
+folder=$(frame_folder "$frames")
+for k in 1 2 3; do
+    qualmd_run "gate-$k" "$folder" models/selfie/selfie_int8.toml \
+        --calibration models/selfie/calibration.toml
+    qualmd_run "observe-$k" "$folder" models/selfie/selfie_int8.toml --observe
+done > "$out/qualmd.jsonl"
+
+say "qualmd scaling, $scale_frames frames per model"
+folder=$(frame_folder "$scale_frames")
+for card in $scale_cards; do
+    qualmd_run "scale-$(basename "${card%.toml}")" "$folder" "$card" --observe
+done > "$out/qualmd_scaling.jsonl"
+
+say "report"
+"$python" bench/report.py --dir "$out" --rounds "$rounds" --frames "$frames" \
+    --scale-rounds "$scale_rounds" --scale-frames "$scale_frames" \
+    --seconds "$(($(date +%s) - started))"
