@@ -107,8 +107,12 @@ fn check_complete(output: &Output, ledger: &Path) -> Vec<LedgerEntry> {
     assert!(stdout.contains("stopped by signal"), "{stdout}");
     let entries = read_ledger(ledger).unwrap();
     assert!(fs::read_to_string(ledger).unwrap().ends_with('\n'), "no half-written line");
+    // No budget or quota here, so no `evicted` lines: every ledger line is a frame.
     let kept = entries.iter().filter(|e| e.kept).count();
-    let expected = format!("qualmd: {} frames, {kept} kept, 0 failed, 0 dropped", entries.len());
+    let expected = format!(
+        "qualmd: {} frames, {kept} kept, 0 evicted, 0 not stored, 0 failed, 0 dropped",
+        entries.len()
+    );
     assert!(stdout.starts_with(&expected), "expected {expected:?}, found {stdout:?}");
     entries
 }
