@@ -397,8 +397,8 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
     let rules = args.rules()?;
     let settings = args.policy_settings()?;
     let source = match &args.config {
-        Some(path) => format!("[policy] of {} and flags", path.display()),
-        None => "flags".to_owned(),
+        Some(path) => format!("the [policy] of {} with the flags over it", path.display()),
+        None => "the policy flags".to_owned(),
     };
     let policy = ReplayPolicy {
         config: settings.policy_config().with_context(|| source.clone())?,
@@ -595,8 +595,9 @@ fn print(result: &Replay, args: &ReplayArgs) {
             rate(tally)
         );
     }
-    println!("kept frames: {}", result.kept_frames.join(" "));
-    println!("of them baseline: {}", result.baseline_frames.join(" "));
+    let names = |frames: &[String]| if frames.is_empty() { "-".into() } else { frames.join(" ") };
+    println!("kept frames: {}", names(&result.kept_frames));
+    println!("of them baseline: {}", names(&result.baseline_frames));
 }
 
 #[cfg(test)]
