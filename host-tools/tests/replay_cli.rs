@@ -1,15 +1,20 @@
 //! `qualm replay` on a hand-built ledger with known times and values.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use qualm_core::{FrameStats, Gate, Statistic};
 use qualm_daemon::calibration::{Calibration, Provenance};
+use qualm_daemon::card::{ModelCard, sha256_file};
 use qualm_daemon::ledger::LedgerEntry;
 use serde_json::Value;
 
 mod common;
+
+/// Mean-entropy threshold of the end-to-end case: about half the 40 frames pass it.
+const THRESHOLD: f32 = 0.025;
 
 fn qualm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qualm")).args(args).output().unwrap()
@@ -138,4 +143,171 @@ fn text_output_names_the_rule_and_the_kept_frames() {
     assert!(stdout.contains("keep a frame when mean_entropy is above 0.5"), "{stdout}");
     assert!(stdout.contains("3 of 6 scored frames kept"), "{stdout}");
     assert!(stdout.contains("kept frames: f1 f4 f6"), "{stdout}");
+}
+
+/// Budget windows of 10 s with one record each, times from the ledger: each window keeps its
+/// most uncertain frame, not its first, and an earlier frame wins a tie.
+#[test]
+fn a_budget_of_one_keeps_the_most_uncertain_frame_of_each_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, calibration) = write_case(dir.path());
+    let frames = [
+        ("a", "2026-12-03T10:00:00Z", 0.3),
+        ("b", "2026-12-03T10:00:03Z", 0.8),
+        ("c", "2026-12-03T10:00:06Z", 0.5),
+        ("d", "2026-12-03T10:00:10Z", 0.9),
+        ("e", "2026-12-03T10:00:12Z", 0.2),
+        ("f", "2026-12-03T10:00:25Z", 0.4),
+        ("g", "2026-12-03T10:00:27Z", 0.6),
+        ("h", "2026-12-03T10:00:29.999Z", 0.6),
+    ];
+    let entries: Vec<LedgerEntry> =
+        frames.iter().map(|&(frame, time, value)| entry(frame, time, value, 0.9)).collect();
+    let ledger = dir.path().join("budget.jsonl");
+    common::write_ledger(&ledger, &entries);
+
+    let args = [
+        "replay",
+        "--ledger",
+        ledger.to_str().unwrap(),
+        "--calibration",
+        &calibration,
+        "--threshold",
+        "0.1",
+        "--budget-records",
+        "1",
+        "--budget-window",
+        "10s",
+        "--json",
+    ];
+    let output = qualm(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // Windows [0, 10), [10, 20), [20, 30) s from a: b beats a and c, d beats e, g ties h.
+    assert_eq!(json["kept_frames"], serde_json::json!(["b", "d", "g"]));
+    let verdicts = &json["verdicts"];
+    assert_eq!((verdicts["kept"].as_u64(), verdicts["evicted"].as_u64()), (Some(3), Some(2)));
+    assert_eq!(
+        (verdicts["budget"].as_u64(), verdicts["below_threshold"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert_eq!(json["policy"]["budget_window_ms"], 10_000);
+    assert_eq!(json["duplicates_checked"], false);
+}
+
+/// The target folder this test's `qualm` was built in, with qualmd built there too: cargo
+/// gives tests only their own package's binaries.
+fn qualmd_binary() -> std::path::PathBuf {
+    let qualm = Path::new(env!("CARGO_BIN_EXE_qualm"));
+    let profile = qualm.parent().unwrap();
+    let mut build = Command::new(env!("CARGO"));
+    // The whole workspace's binaries and tests, as `cargo test --workspace` builds them: the
+    // same features, so after it this build does nothing, and qualmd is never stale.
+    build.args(["build", "--quiet", "--workspace", "--bins", "--tests", "--target-dir"]);
+    build.arg(profile.parent().unwrap());
+    if profile.file_name() == Some("release".as_ref()) {
+        build.arg("--release");
+    }
+    let status = build.status().unwrap();
+    assert!(status.success(), "cannot build qualmd");
+    profile.join(format!("qualmd{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Frames of a qualmd ledger by reason, and the records still kept at the end.
+fn daemon_outcome(entries: &[LedgerEntry]) -> (BTreeMap<String, u64>, Vec<String>, Vec<String>) {
+    let evicted: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.reason == "evicted")
+        .filter_map(|e| e.record.as_deref())
+        .collect();
+    let mut reasons = BTreeMap::new();
+    let (mut kept, mut baseline) = (Vec::new(), Vec::new());
+    for entry in entries.iter().filter(|e| e.reason != "evicted") {
+        *reasons.entry(entry.reason.clone()).or_insert(0) += 1;
+        let stays = entry.kept && !evicted.contains(&entry.record.as_deref().unwrap_or(""));
+        if stays {
+            kept.push(entry.frame.clone());
+        }
+        if entry.reason == "baseline" {
+            baseline.push(entry.frame.clone());
+        }
+    }
+    (reasons, kept, baseline)
+}
+
+/// qualmd on the 40 committed frames with a budget, cooldown, baseline and duplicate check;
+/// `qualm replay` with the same configuration and calibration on its ledger keeps the same
+/// records, for the same reasons.
+#[test]
+fn replay_keeps_what_qualmd_kept() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let card = ModelCard::load(&repo.join("models/selfie/selfie_int8.toml")).unwrap();
+    let calibration = Calibration {
+        model_sha256: sha256_file(&card.model_path()).unwrap(),
+        temperature: 1.0,
+        uncertain_level: 0.5,
+        gate: Gate { statistic: Statistic::MeanEntropy, threshold: THRESHOLD },
+        provenance: Provenance::default(),
+    };
+    let calibration_path = dir.path().join("calibration.toml");
+    calibration.save(&calibration_path).unwrap();
+    let config = dir.path().join("qualmd.toml");
+    let text = format!(
+        "model = {model:?}\ncalibration = \"calibration.toml\"\nspool = \"spool\"\n\
+         ledger = \"ledger.jsonl\"\n[source]\nframes = {frames:?}\n[policy]\n\
+         budget_records = 2\nbudget_window = \"400ms\"\ncooldown = \"80ms\"\n\
+         baseline_rate = 0.1\nseed = 7\nduplicate_distance = 2\nframe_interval = \"40ms\"\n",
+        model = repo.join("models/selfie/selfie_int8.toml"),
+        frames = repo.join("models/frames/vtest"),
+    );
+    fs::write(&config, text).unwrap();
+
+    let output = Command::new(qualmd_binary())
+        .arg("--config")
+        .arg(&config)
+        .env("QUALMD_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ledger = dir.path().join("ledger.jsonl");
+    let entries = qualm_daemon::ledger::read_ledger(&ledger).unwrap();
+    let (reasons, kept, baseline) = daemon_outcome(&entries);
+    eprintln!("qualmd: {reasons:?}, kept {kept:?}, baseline {baseline:?}");
+    // The case is only worth comparing if every part of the policy acted.
+    for reason in ["kept", "baseline", "below_threshold", "duplicate", "cooldown", "budget"] {
+        assert!(reasons.contains_key(reason), "no {reason} frame: {reasons:?}");
+    }
+
+    let (ledger_arg, calibration_arg) =
+        (ledger.to_str().unwrap(), calibration_path.to_str().unwrap());
+    let args = ["replay", "--ledger", ledger_arg, "--calibration", calibration_arg, "--json"];
+    let output = qualm(&[&args[..], &["--config", config.to_str().unwrap()]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["kept_frames"], serde_json::json!(kept));
+    assert_eq!(json["baseline_frames"], serde_json::json!(baseline));
+    assert_eq!(json["duplicates_checked"], true);
+    let verdicts = &json["verdicts"];
+    for reason in ["baseline", "below_threshold", "duplicate", "cooldown", "budget"] {
+        assert_eq!(verdicts[reason].as_u64(), reasons.get(reason).copied(), "{reason}");
+    }
+    // qualmd ledgers a candidate pushed out later as kept, then as evicted.
+    let admitted = verdicts["kept"].as_u64().unwrap() + verdicts["evicted"].as_u64().unwrap();
+    assert_eq!(Some(admitted), reasons.get("kept").copied());
+
+    // Without the hashes the same ledger replays with duplicate suppression off, and says so.
+    let stripped: Vec<LedgerEntry> =
+        entries.into_iter().map(|e| LedgerEntry { perceptual_hash: None, ..e }).collect();
+    common::write_ledger(&ledger, &stripped);
+    let output = qualm(&[&args[..], &["--config", config.to_str().unwrap()]].concat());
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (json["duplicates_checked"].as_bool(), json["verdicts"]["duplicate"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert!(
+        json["duplicates"].as_str().unwrap().contains("40 scored frames have no perceptual_hash")
+    );
 }

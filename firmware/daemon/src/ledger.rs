@@ -43,6 +43,10 @@ pub struct LedgerEntry {
     /// The frame statistics (absent for a frame that failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<FrameStats>,
+    /// The frame's 64-bit perceptual (difference) hash as 16 hex digits, so that a replay can
+    /// suppress near-duplicates as qualmd does; absent in ledgers written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perceptual_hash: Option<String>,
     /// The record's folder name in the spool, when kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,

@@ -306,6 +306,7 @@ impl Daemon {
             statistic: None,
             threshold: None,
             stats: None,
+            perceptual_hash: None,
             record: None,
             error: None,
         }
@@ -354,7 +355,9 @@ impl Daemon {
         entry.threshold = Some(first.threshold);
         let passes = rules.passes(&stats);
         let priority = rules.priority(&stats);
-        let hash = self.policy.config().duplicate_distance.map(|_| difference_hash(&frame.image));
+        // Hashed and ledgered even without duplicate suppression, so `qualm replay` can try it.
+        let hash = Some(difference_hash(&frame.image));
+        entry.perceptual_hash = hash.map(|hash| format!("{hash:016x}"));
         let outcome = self.policy.decide(time_ms, passes, priority, hash);
         entry.reason = outcome.verdict.as_str().into();
 

@@ -58,6 +58,7 @@ pub fn ledger_entry(frame: String, time: &str, stats: FrameStats) -> LedgerEntry
         statistic: None,
         threshold: None,
         stats: Some(stats),
+        perceptual_hash: None,
         record: None,
         error: None,
     }
