@@ -1,7 +1,7 @@
 //! The ledger: one JSON line per frame seen, kept or not, appended and flushed line by line.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, LineWriter, Write};
+use std::io::{BufRead, BufReader, LineWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -72,11 +72,14 @@ impl Ledger {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create ledger folder {}", parent.display()))?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open ledger {}", path.display()))?;
+        cut_torn_tail(&mut file)
+            .with_context(|| format!("cannot repair the last line of ledger {}", path.display()))?;
         Ok(Self { path: path.to_path_buf(), writer: LineWriter::new(file) })
     }
 
@@ -105,6 +108,41 @@ impl Ledger {
     }
 }
 
+/// Cuts a last line that a crash left without its newline. Appending after it would glue the
+/// next entry onto the fragment and spoil a good line too; the fragment itself was never
+/// complete, so nothing that was accounted for is lost.
+fn cut_torn_tail(file: &mut File) -> std::io::Result<()> {
+    let length = file.metadata()?.len();
+    if length == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::Start(length - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+
+    // Search backwards, one block at a time, for the newline that ends the last whole line.
+    let mut block = vec![0u8; 64 * 1024];
+    let (mut end, mut keep) = (length, 0);
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(index) = chunk.iter().rposition(|&byte| byte == b'\n') {
+            keep = start + index as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+
+    tracing::warn!(bytes = length - keep, "cutting an unfinished last ledger line left by a crash");
+    file.set_len(keep)?;
+    file.sync_all()
+}
+
 /// Reads every entry of a ledger.
 ///
 /// # Errors
@@ -124,4 +162,48 @@ pub fn read_ledger(path: &Path) -> anyhow::Result<Vec<LedgerEntry>> {
         entries.push(entry);
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(frame: &str) -> LedgerEntry {
+        let line = format!(
+            r#"{{"time":"t","frame":"{frame}","origin":"o","model_sha256":"x","kept":false,"reason":"error"}}"#
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger.append(&entry("a")).unwrap();
+        ledger.append(&entry("b")).unwrap();
+        ledger.sync().unwrap();
+        drop(ledger);
+        let whole = fs::read(&path).unwrap();
+        // A power cut in the middle of the third line.
+        fs::write(&path, [&whole[..], br#"{"time":"t","frame":"vtest_0"#].concat()).unwrap();
+
+        let mut ledger = Ledger::open(&path).unwrap();
+        ledger.append(&entry("c")).unwrap();
+        ledger.sync().unwrap();
+
+        let frames: Vec<String> =
+            read_ledger(&path).unwrap().into_iter().map(|e| e.frame).collect();
+        assert_eq!(frames, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_torn_only_line_leaves_an_empty_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.jsonl");
+        fs::write(&path, b"{\"time\":").unwrap();
+
+        drop(Ledger::open(&path).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"");
+    }
 }

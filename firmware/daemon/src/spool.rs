@@ -165,6 +165,17 @@ impl Spool {
 
         let key = match name.strip_prefix(PENDING_PREFIX) {
             Some(key) if !key.is_empty() && !key.starts_with('.') => {
+                // Pending folders are renamed into place complete, so one that is not a
+                // record was being removed when the daemon died (spools of older versions
+                // removed in place): finish the removal rather than publish it.
+                if let Err(error) = read_record(&path) {
+                    tracing::warn!("removing {}: not a record: {error:#}", path.display());
+                    match fs::remove_dir_all(&path) {
+                        Ok(()) => self.scan.removed_partial += 1,
+                        Err(error) => tracing::warn!("cannot remove {}: {error}", path.display()),
+                    }
+                    return;
+                }
                 if let Err(error) = self.rename_pending(key) {
                     tracing::warn!("{error:#}");
                     self.scan.ignored += 1;
@@ -326,13 +337,21 @@ impl Spool {
         let entry = self.records.remove(index);
         self.bytes -= entry.bytes;
         let path = self.path_of(&entry);
-        match fs::remove_dir_all(&path) {
-            Ok(()) => sync_folder(&self.folder),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+
+        // Rename before deleting: a crash in the middle then leaves a `.partial-` folder, which
+        // start-up removes, never a half-emptied folder under a record's (or pending) name.
+        let doomed = self.folder.join(format!("{PARTIAL_PREFIX}{}", entry.key));
+        match fs::rename(&path, &doomed) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(error) => {
-                Err(error).with_context(|| format!("cannot remove record {}", path.display()))
+                return Err(error)
+                    .with_context(|| format!("cannot move record {} out", path.display()));
             }
         }
+        sync_folder(&self.folder)?;
+        fs::remove_dir_all(&doomed)
+            .with_context(|| format!("cannot remove record {}", doomed.display()))
     }
 
     fn path_of(&self, entry: &Entry) -> PathBuf {
@@ -452,6 +471,30 @@ mod tests {
         let spool = Spool::open(dir.path(), SpoolLimits::default()).unwrap();
         assert!(dir.path().join("b/meta.json").is_file());
         assert_eq!((spool.len(), spool.scan_report().finalized), (2, 1));
+    }
+
+    #[test]
+    fn an_emptied_pending_folder_is_removed_not_finalized() {
+        // A kill -9 while an older qualmd deleted a pending record in place left it empty.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(".pending-vtest_0480-9c20bcf905dc")).unwrap();
+
+        let spool = Spool::open(dir.path(), SpoolLimits::default()).unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!((spool.scan_report().finalized, spool.scan_report().removed_partial), (0, 1));
+    }
+
+    #[test]
+    fn removal_leaves_nothing_under_the_record_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), SpoolLimits::default()).unwrap();
+        put(&mut spool, "a", 0.5, false, false);
+        put(&mut spool, "b", 0.7, false, true);
+
+        spool.remove("a").unwrap();
+        spool.remove("b").unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(spool.len(), 0);
     }
 
     #[test]
