@@ -88,7 +88,15 @@ impl Ledger {
     /// # Errors
     /// When the line cannot be written.
     pub fn append(&mut self, entry: &LedgerEntry) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(entry).context("cannot encode ledger entry")?;
+        self.append_line(entry)
+    }
+
+    /// Appends any serializable line, e.g. a [`SummaryLine`](crate::summary::SummaryLine).
+    ///
+    /// # Errors
+    /// When the line cannot be encoded or written.
+    pub fn append_line<T: Serialize>(&mut self, value: &T) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(value).context("cannot encode ledger line")?;
         line.push(b'\n');
         self.writer
             .write_all(&line)
@@ -143,7 +151,22 @@ fn cut_torn_tail(file: &mut File) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Reads every entry of a ledger.
+/// The `kind` of a ledger line: frame lines have none, other lines (summaries) name theirs.
+#[derive(Deserialize)]
+struct LineKind {
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// Whether `line` is a frame line rather than a summary or another kind of line.
+fn is_frame_line(line: &str) -> bool {
+    // Only a line with a `kind` key pays for the second parse; a line that does not parse
+    // counts as a frame line, so its error names what a frame line needs.
+    !line.contains("\"kind\"")
+        || serde_json::from_str::<LineKind>(line).map_or(true, |probe| probe.kind.is_none())
+}
+
+/// Reads every frame entry of a ledger, skipping summary lines (those with a `kind`).
 ///
 /// # Errors
 /// When the file cannot be read or a line is not a ledger entry (the line number is named).
@@ -153,7 +176,7 @@ pub fn read_ledger(path: &Path) -> anyhow::Result<Vec<LedgerEntry>> {
     let mut entries = Vec::new();
     for (number, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read ledger {}", path.display()))?;
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || !is_frame_line(&line) {
             continue;
         }
         let entry = serde_json::from_str(&line).with_context(|| {

@@ -15,3 +15,5 @@ pub mod pipeline;
 pub mod service;
 pub mod source;
 pub mod spool;
+pub mod status;
+pub mod summary;

@@ -8,13 +8,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use qualm_daemon::config::{Config, SourceConfig};
 use qualm_daemon::metrics::{self, Metrics};
 use qualm_daemon::pipeline::Daemon;
-use qualm_daemon::service::{self, DeviceConfig, ServiceContext, Signals};
+use qualm_daemon::service::{self, DeviceConfig, Outputs, ServiceContext, Signals};
+use qualm_daemon::status::{self, StatusIndicator, StatusLight, UplinkHealth};
+use qualm_daemon::summary::Summaries;
 
 /// Run a segmentation model on camera frames, score how unsure it is on each one, and keep the
 /// frames worth labeling as records in a spool folder. Every frame adds a line to the ledger.
@@ -136,6 +140,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
     // Handlers first: a SIGTERM while the model loads still ends the run cleanly.
     let signals = Signals::install()?;
+    // Device outputs before the model: a missing GPIO chip fails fast.
+    let summary_interval = config.device.summary_interval()?;
+    let mut light = match &config.device.status_gpio {
+        Some(gpio) => {
+            // Healthy until an uplink says otherwise; nothing stores to it yet.
+            let uplink: UplinkHealth = Arc::new(AtomicBool::new(true));
+            let pulse = Duration::from_millis(gpio.pulse_ms);
+            Some(StatusLight::new(status::open_gpio(gpio)?, uplink, pulse))
+        }
+        None => None,
+    };
     let mut daemon = Daemon::new(&config)?;
     let capture = service::start_capture(&config)?;
 
@@ -155,7 +170,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         calibration: config.calibration.as_deref(),
         max_frames: config.max_frames,
     };
-    let outcome = service::serve(&mut daemon, &capture, &context)?;
+    let mut summaries = match summary_interval {
+        Some(interval) => Some(Summaries::open(&config.ledger, interval, Instant::now())?),
+        None => None,
+    };
+    let outputs = Outputs {
+        status: light.as_mut().map(|light| light as &mut dyn StatusIndicator),
+        summaries: summaries.as_mut(),
+    };
+    let outcome = service::serve(&mut daemon, &capture, &context, outputs)?;
     let summary = outcome.frames;
     println!(
         "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \

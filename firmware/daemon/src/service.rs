@@ -18,6 +18,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Daemon, Summary, open_source};
 use crate::source::{is_camera_device, is_stream_url};
+use crate::status::{StatusGpioConfig, StatusIndicator};
+use crate::summary::Summaries;
 
 /// The `[device]` table of the configuration: how qualmd runs on the camera.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -38,6 +40,12 @@ pub struct DeviceConfig {
     /// Address of the Prometheus endpoint (`GET /metrics`); none when absent. Keep it on
     /// 127.0.0.1 unless the network in front of the camera is trusted.
     pub metrics: Option<SocketAddr>,
+    /// GPIO line of the status light, e.g. `{ chip = "/dev/gpiochip0", line = 17 }`; no light
+    /// when absent.
+    pub status_gpio: Option<StatusGpioConfig>,
+    /// How often a summary line goes to the ledger, as a duration like `"60s"`; none when
+    /// absent.
+    pub summary_interval: Option<String>,
 }
 
 impl Default for DeviceConfig {
@@ -49,6 +57,8 @@ impl Default for DeviceConfig {
             retry_initial_ms: 500,
             retry_max_ms: 30_000,
             metrics: None,
+            status_gpio: None,
+            summary_interval: None,
         }
     }
 }
@@ -79,6 +89,20 @@ impl DeviceConfig {
             backoff_initial: Duration::from_millis(self.retry_initial_ms),
             backoff_max: Duration::from_millis(self.retry_max_ms),
         })
+    }
+
+    /// The summary interval, when set.
+    ///
+    /// # Errors
+    /// When it does not parse as a duration or is zero.
+    pub fn summary_interval(&self) -> anyhow::Result<Option<Duration>> {
+        let Some(text) = self.summary_interval.as_deref() else { return Ok(None) };
+        match humantime::parse_duration(text) {
+            Ok(interval) if !interval.is_zero() => Ok(Some(interval)),
+            _ => anyhow::bail!(
+                "expected [device] summary_interval as a duration like \"60s\", found {text:?}"
+            ),
+        }
     }
 }
 
@@ -153,6 +177,24 @@ pub struct ServiceContext<'a> {
     pub max_frames: Option<u64>,
 }
 
+/// Outputs the service loop drives besides the ledger and the metrics; all optional.
+#[derive(Default)]
+pub struct Outputs<'a> {
+    /// The status light: ticked every loop turn, told of each kept frame.
+    pub status: Option<&'a mut dyn StatusIndicator>,
+    /// Periodic summary lines.
+    pub summaries: Option<&'a mut Summaries>,
+}
+
+impl std::fmt::Debug for Outputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outputs")
+            .field("status", &self.status.is_some())
+            .field("summaries", &self.summaries)
+            .finish()
+    }
+}
+
 /// How a service run ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ServiceSummary {
@@ -166,7 +208,8 @@ pub struct ServiceSummary {
 
 /// Runs frames from `capture` through `daemon` until the source ends, `max_frames` frames
 /// were handled, or a stop signal arrives; then flushes the ledger. Tells systemd it is
-/// ready at the start and stopping at the end, and pings its watchdog in between.
+/// ready at the start and stopping at the end, and pings its watchdog in between. Drives the
+/// status light and writes summary lines when `outputs` holds them.
 ///
 /// # Errors
 /// Only when the ledger cannot be written.
@@ -174,12 +217,14 @@ pub fn serve(
     daemon: &mut Daemon,
     capture: &Capture,
     context: &ServiceContext<'_>,
+    mut outputs: Outputs<'_>,
 ) -> anyhow::Result<ServiceSummary> {
     let mut summary = Summary::default();
     let started = Instant::now();
     // Ping at half the period systemd allows, as sd_watchdog_enabled(3) advises.
     let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
     let mut last_ping = Instant::now();
+    let capture_status = capture.status();
     notify(NotifyState::Ready);
 
     // The poll timeout bounds how late a signal or watchdog ping is when no frame comes.
@@ -192,6 +237,15 @@ pub fn serve(
             notify(NotifyState::Watchdog);
             last_ping += period;
         }
+        // Once per turn, at least every poll timeout: pulses end and summaries go out on time
+        // even when no frame comes.
+        let now = Instant::now();
+        if let Some(status) = outputs.status.as_deref_mut() {
+            status.tick(now);
+        }
+        if let Some(summaries) = outputs.summaries.as_deref_mut() {
+            summaries.write_if_due(now, &summary, capture_status.dropped())?;
+        }
 
         let item = match capture.next_timeout(poll) {
             Next::Item(item) => item,
@@ -199,6 +253,12 @@ pub fn serve(
             Next::Ended => break,
         };
         let entry = daemon.handle(item, &mut summary)?;
+        if let (true, Some(status)) = (entry.kept, outputs.status.as_deref_mut()) {
+            status.frame_kept(Instant::now());
+        }
+        if let Some(summaries) = outputs.summaries.as_deref_mut() {
+            summaries.observe(&entry);
+        }
         if let Some(metrics) = context.metrics {
             metrics.record(&entry, daemon.last_inference());
         }
@@ -210,8 +270,12 @@ pub fn serve(
         notify(NotifyState::Stopping);
     }
     daemon.finish()?;
+    // After `finish`: evictions of the last budget window belong to the last summary.
+    if let Some(summaries) = outputs.summaries {
+        summaries.finish(Instant::now(), &summary, capture_status.dropped())?;
+    }
     summary.seconds = started.elapsed().as_secs_f64();
-    Ok(ServiceSummary { frames: summary, dropped: capture.status().dropped(), signalled })
+    Ok(ServiceSummary { frames: summary, dropped: capture_status.dropped(), signalled })
 }
 
 /// Reads the calibration file again; keeps the old one when the new one is refused.
@@ -226,4 +290,30 @@ fn reload(daemon: &mut Daemon, calibration: Option<&Path>) {
         }
     }
     notify(NotifyState::Ready);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_table_reads_the_status_light_and_the_summary_interval() {
+        let text = "status_gpio = { chip = \"/dev/gpiochip0\", line = 17 }\n\
+                    summary_interval = \"90s\"";
+        let device: DeviceConfig = toml::from_str(text).unwrap();
+        let gpio = device.status_gpio.clone().unwrap();
+        assert_eq!(
+            (gpio.chip.to_str(), gpio.line, gpio.pulse_ms),
+            (Some("/dev/gpiochip0"), 17, 150)
+        );
+        assert_eq!(device.summary_interval().unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(DeviceConfig::default().summary_interval().unwrap(), None);
+
+        for bad in ["0s", "soon"] {
+            let device = DeviceConfig { summary_interval: Some(bad.into()), ..device.clone() };
+            let message = device.summary_interval().unwrap_err().to_string();
+            assert!(message.contains("summary_interval as a duration"), "{message}");
+            assert!(message.contains(&format!("{bad:?}")), "{message}");
+        }
+    }
 }
