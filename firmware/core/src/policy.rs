@@ -136,6 +136,28 @@ pub struct PolicyConfig {
     pub cooldown_ms: u64,
 }
 
+impl PolicyConfig {
+    /// Checks the settings against a policy holding at most `capacity` budget candidates.
+    ///
+    /// # Errors
+    /// [`PolicyError`] for a budget of 0 records or more than `capacity`, an empty window, or
+    /// a baseline rate outside `[0, 1]`.
+    pub fn check(&self, capacity: usize) -> Result<(), PolicyError> {
+        if let Some(budget) = self.budget {
+            if budget.records == 0 || budget.records > capacity {
+                return Err(PolicyError::BudgetRecords { found: budget.records, capacity });
+            }
+            if budget.window_ms == 0 {
+                return Err(PolicyError::EmptyWindow);
+            }
+        }
+        if !(0.0..=1.0).contains(&self.baseline_rate) {
+            return Err(PolicyError::BaselineRate(self.baseline_rate));
+        }
+        Ok(())
+    }
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         Self { budget: None, baseline_rate: 0.0, seed: 0, duplicate_distance: None, cooldown_ms: 0 }
@@ -163,11 +185,11 @@ impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BudgetRecords { found, capacity } => {
-                write!(f, "expected budget records from 1 to {capacity}, found {found}")
+                write!(f, "expected budget_records from 1 to {capacity}, found {found}")
             }
-            Self::EmptyWindow => f.write_str("expected a budget window longer than 0 ms"),
+            Self::EmptyWindow => f.write_str("expected a budget_window of at least 1ms"),
             Self::BaselineRate(rate) => {
-                write!(f, "expected a baseline rate in [0, 1], found {rate}")
+                write!(f, "expected baseline_rate in [0, 1], found {rate}")
             }
         }
     }
@@ -282,20 +304,7 @@ impl<const CANDIDATES: usize, const HISTORY: usize> Policy<CANDIDATES, HISTORY> 
     /// [`PolicyError`] for a budget of 0 records or more than `CANDIDATES`, an empty window, or
     /// a baseline rate outside `[0, 1]`.
     pub fn try_new(config: PolicyConfig) -> Result<Self, PolicyError> {
-        if let Some(budget) = config.budget {
-            if budget.records == 0 || budget.records > CANDIDATES {
-                return Err(PolicyError::BudgetRecords {
-                    found: budget.records,
-                    capacity: CANDIDATES,
-                });
-            }
-            if budget.window_ms == 0 {
-                return Err(PolicyError::EmptyWindow);
-            }
-        }
-        if !(0.0..=1.0).contains(&config.baseline_rate) {
-            return Err(PolicyError::BaselineRate(config.baseline_rate));
-        }
+        config.check(CANDIDATES)?;
         Ok(Self {
             config,
             rng: SplitMix64(config.seed),

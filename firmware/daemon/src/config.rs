@@ -50,31 +50,23 @@ impl PolicySettings {
         let budget = match (self.budget_records, &self.budget_window) {
             (None, None) => None,
             (Some(records), Some(window)) => {
-                if !(1..=BUDGET_CAPACITY).contains(&records) {
-                    bail!(
-                        "policy: expected budget_records from 1 to {BUDGET_CAPACITY}, found {records}"
-                    );
-                }
-                let window_ms = millis("budget_window", window)?;
-                if window_ms == 0 {
-                    bail!("policy: expected a budget_window of at least 1ms, found {window:?}");
-                }
-                Some(Budget { records, window_ms })
+                Some(Budget { records, window_ms: millis("budget_window", window)? })
             }
             (Some(_), None) => bail!("policy: expected budget_window with budget_records"),
             (None, Some(_)) => bail!("policy: expected budget_records with budget_window"),
         };
-        if !(0.0..=1.0).contains(&self.baseline_rate) {
-            bail!("policy: expected baseline_rate in [0, 1], found {}", self.baseline_rate);
-        }
         let cooldown_ms = self.cooldown.as_deref().map_or(Ok(0), |c| millis("cooldown", c))?;
-        Ok(PolicyConfig {
+        let config = PolicyConfig {
             budget,
             baseline_rate: self.baseline_rate,
             seed: self.seed,
             duplicate_distance: self.duplicate_distance,
             cooldown_ms,
-        })
+        };
+
+        // The ranges are the core policy's own, checked once there.
+        config.check(BUDGET_CAPACITY).map_err(|error| anyhow::anyhow!("policy: {error}"))?;
+        Ok(config)
     }
 
     /// The frame interval in milliseconds, when set.

@@ -193,8 +193,8 @@ mod tests {
 
     fn entry(frame: &str) -> LedgerEntry {
         let line = format!(
-            r#"{{"time":"t","frame":"{frame}","origin":"o","model_sha256":"x","kept":false,"reason":"error"}}"#
-        );
+            r#"{{"time":"t","frame":"{frame}","origin":"o","model_sha256":"x","kept":false,"#
+        ) + r#""reason":"error"}"#;
         serde_json::from_str(&line).unwrap()
     }
 

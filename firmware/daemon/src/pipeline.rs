@@ -356,9 +356,10 @@ impl Daemon {
         let passes = rules.passes(&stats);
         let priority = rules.priority(&stats);
         // Hashed and ledgered even without duplicate suppression, so `qualm replay` can try it.
-        let hash = Some(difference_hash(&frame.image));
-        entry.perceptual_hash = hash.map(|hash| format!("{hash:016x}"));
-        let outcome = self.policy.decide(time_ms, passes, priority, hash);
+        // Hashed on every frame, checked or not, so `qualm replay` can try duplicate settings.
+        let hash = difference_hash(&frame.image);
+        entry.perceptual_hash = Some(format!("{hash:016x}"));
+        let outcome = self.policy.decide(time_ms, passes, priority, Some(hash));
         entry.reason = outcome.verdict.as_str().into();
 
         if outcome.window_closed {
