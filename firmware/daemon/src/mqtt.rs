@@ -10,7 +10,7 @@
 //!
 //! The packets are encoded and decoded by `mqttbytes` (its `v4` module); the session around
 //! them (CONNECT/CONNACK, PUBLISH/PUBACK, PINGREQ/PINGRESP, DISCONNECT) is the few functions of
-//! [`Session`] over a blocking `TcpStream`, with a timeout on every read and write. No TLS:
+//! `Session` over a blocking `TcpStream`, with a timeout on every read and write. No TLS:
 //! publish to a broker on the device or the local network, and bridge it onward from there.
 
 use std::collections::VecDeque;
