@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use qualm_daemon::metrics::Metrics;
 use qualm_daemon::mqtt::{MqttConfig, MqttPublisher};
 use qualm_daemon::summary::SUMMARY_KIND;
 use serde_json::Value;
@@ -222,6 +223,19 @@ fn summaries_queued_while_the_broker_is_down_arrive_after_it_starts() {
     assert_eq!((status.published(), status.connected()), (4, true));
     assert_eq!(status.failures(), failures, "the session was lost while idle");
     assert_eq!(receive(port, 4), payloads[2..]);
+
+    // The metrics endpoint reports the same counters.
+    let metrics = Metrics::new().unwrap();
+    metrics.watch_mqtt(publisher.status());
+    let text = metrics.render(dir.path()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(value("qualmd_mqtt_published_total"), 4.0);
+    assert_eq!(value("qualmd_mqtt_dropped_total"), 2.0);
+    assert_eq!(value("qualmd_mqtt_connected"), 1.0);
+    assert_eq!(value("qualmd_mqtt_failures_total"), failures as f64);
 
     // Broker gone at the stop: the drain gives up after its bound and says what is left.
     broker.stop();
