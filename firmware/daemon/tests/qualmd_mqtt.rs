@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use qualm_daemon::metrics::Metrics;
-use qualm_daemon::mqtt::{MqttConfig, MqttPublisher};
+use qualm_daemon::mqtt::{MqttConfig, MqttPublisher, MqttSettings};
 use qualm_daemon::summary::SUMMARY_KIND;
 use serde_json::Value;
 
@@ -112,21 +112,23 @@ impl Drop for Broker {
     }
 }
 
-/// Registers the persistent subscriber session: QoS 1 messages to `TOPIC` wait for it.
-fn register_subscriber(port: u16) {
+/// Registers the persistent session `subscriber`: QoS 1 messages to `TOPIC` wait for it.
+fn register_subscriber(port: u16, subscriber: &str) {
     let status = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", TOPIC, "-q", "1"])
-        .args(["-c", "-i", SUBSCRIBER, "-E"])
+        .args(["-c", "-i", subscriber, "-E"])
         .status()
         .unwrap();
     assert!(status.success(), "mosquitto_sub could not subscribe");
 }
 
-/// The next `count` payloads queued for the subscriber session, one per line.
-fn receive(port: u16, count: usize) -> Vec<String> {
+/// The next `count` payloads queued for the session `subscriber`, one per line. A message whose
+/// acknowledgement was cut off by the exit comes again on the session's next connect: read each
+/// session once.
+fn receive(port: u16, subscriber: &str, count: usize) -> Vec<String> {
     let output = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", TOPIC, "-q", "1"])
-        .args(["-c", "-i", SUBSCRIBER, "-C", &count.to_string(), "-W", "20"])
+        .args(["-c", "-i", subscriber, "-C", &count.to_string(), "-W", "20"])
         .output()
         .unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
@@ -137,9 +139,20 @@ fn receive(port: u16, count: usize) -> Vec<String> {
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let started = Instant::now();
     while !condition() {
-        assert!(started.elapsed() < Duration::from_secs(15), "timed out waiting until {what}");
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting until {what}");
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The complete summary lines of the ledger at `path`, in order.
+fn summary_lines(path: &Path) -> Vec<String> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
+        .lines()
+        .filter(|line| serde_json::from_str::<Value>(line).unwrap()["kind"] == SUMMARY_KIND)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -150,38 +163,47 @@ fn qualmd_publishes_every_ledger_summary_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let _broker = Broker::start(dir.path(), port);
-    register_subscriber(port);
+    register_subscriber(port, SUBSCRIBER);
 
     // Observe-only (no calibration) on the committed frames: summaries come all the same.
     let card = repo().join("models/selfie/selfie_int8.toml");
     let frames = repo().join("models/frames/vtest");
     // The broker ignores credentials here; they are sent, and must never reach the log.
     let config = format!(
-        "model = {card:?}\nspool = \"spool\"\nledger = \"ledger.jsonl\"\nmax_frames = 12\n\
-         [source]\nframes = {frames:?}\n[device]\nsummary_interval = \"100ms\"\n\
+        "model = {card:?}\nspool = \"spool\"\nledger = \"ledger.jsonl\"\n\
+         [source]\nframes = {frames:?}\n[device]\nrestart = true\nsummary_interval = \"100ms\"\n\
          [mqtt]\nbroker = \"127.0.0.1:{port}\"\ntopic = \"{TOPIC}\"\nclient_id = \"qualmd-test\"\n\
          username = \"camera\"\npassword_env = \"QUALM_TEST_MQTT_PASSWORD\"\n"
     );
     fs::write(dir.path().join("qualmd.toml"), config).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_qualmd"))
+    let child = Command::new(env!("CARGO_BIN_EXE_qualmd"))
         .arg("--config")
         .arg(dir.path().join("qualmd.toml"))
         .env("QUALM_TEST_MQTT_PASSWORD", "hunter2-secret")
         .env("QUALMD_LOG", "qualm_daemon=debug")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+
+    // A looping source runs until SIGTERM: the drain writes the last summary, then publishes it.
+    let ledger = dir.path().join("ledger.jsonl");
+    wait_until("three summaries are in the ledger", || summary_lines(&ledger).len() >= 3);
+    let status = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
+    assert!(status.unwrap().success());
+    let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{log}");
+    assert_eq!(output.status.code(), Some(0), "{log}");
     assert!(log.contains("mqtt: connected to 127.0.0.1"), "{log}");
     assert!(!log.contains("hunter2"), "the password reached the log:\n{log}");
 
-    let ledger = fs::read_to_string(dir.path().join("ledger.jsonl")).unwrap();
-    let summaries: Vec<&str> = ledger
-        .lines()
-        .filter(|line| serde_json::from_str::<Value>(line).unwrap()["kind"] == SUMMARY_KIND)
-        .collect();
-    assert!(summaries.len() >= 2, "12 frames take longer than 100 ms: {}", summaries.len());
-    assert_eq!(receive(port, summaries.len()), summaries, "broker payloads vs ledger lines");
+    let summaries = summary_lines(&ledger);
+    assert!(summaries.len() >= 4, "three before the stop and the last: {}", summaries.len());
+    assert_eq!(
+        receive(port, SUBSCRIBER, summaries.len()),
+        summaries,
+        "broker payloads vs ledger lines"
+    );
 }
 
 #[test]
@@ -193,7 +215,7 @@ fn summaries_queued_while_the_broker_is_down_arrive_after_it_starts() {
     let port = free_port();
     // The subscriber session is registered, then the broker goes down (keeping the session).
     let mut broker = Broker::start(dir.path(), port);
-    register_subscriber(port);
+    register_subscriber(port, SUBSCRIBER);
     broker.stop();
 
     let config: MqttConfig = toml::from_str(&format!(
@@ -201,7 +223,8 @@ fn summaries_queued_while_the_broker_is_down_arrive_after_it_starts() {
          queue = 4\nretry_initial_ms = 50\nretry_max_ms = 400\nkeep_alive = \"1s\"\n"
     ))
     .unwrap();
-    let publisher = MqttPublisher::start(config.settings().unwrap()).unwrap();
+    let settings = config.settings().unwrap();
+    let publisher = MqttPublisher::start(settings.clone()).unwrap();
     let status = publisher.status();
     let sender = publisher.sender();
     let payloads: Vec<String> =
@@ -222,7 +245,7 @@ fn summaries_queued_while_the_broker_is_down_arrive_after_it_starts() {
     thread::sleep(Duration::from_millis(2_500));
     assert_eq!((status.published(), status.connected()), (4, true));
     assert_eq!(status.failures(), failures, "the session was lost while idle");
-    assert_eq!(receive(port, 4), payloads[2..]);
+    assert_eq!(receive(port, SUBSCRIBER, 4), payloads[2..]);
 
     // The metrics endpoint reports the same counters.
     let metrics = Metrics::new().unwrap();
@@ -236,6 +259,14 @@ fn summaries_queued_while_the_broker_is_down_arrive_after_it_starts() {
     assert_eq!(value("qualmd_mqtt_dropped_total"), 2.0);
     assert_eq!(value("qualmd_mqtt_connected"), 1.0);
     assert_eq!(value("qualmd_mqtt_failures_total"), failures as f64);
+
+    // A stop right after a send: the drain connects and publishes it before the thread ends.
+    register_subscriber(port, "qualm-test-late");
+    let late =
+        MqttPublisher::start(MqttSettings { client_id: "qualmd-late".into(), ..settings }).unwrap();
+    late.sender().send(b"{\"stop\":true}".to_vec());
+    assert_eq!(late.finish(Duration::from_secs(2)), 0);
+    assert_eq!(receive(port, "qualm-test-late", 1), ["{\"stop\":true}"]);
 
     // Broker gone at the stop: the drain gives up after its bound and says what is left.
     broker.stop();
