@@ -135,6 +135,9 @@ pub struct Config {
     /// How qualmd runs on the camera: capture queue, source restarts, metrics endpoint.
     #[serde(default)]
     pub device: crate::service::DeviceConfig,
+    /// Publish the summary lines to an MQTT broker too; none when absent.
+    #[serde(default)]
+    pub mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -161,6 +164,7 @@ impl Config {
         config.source.frames.as_mut().map(resolve);
         config.source.video.as_mut().map(resolve);
         config.roi.as_mut().map(resolve);
+        config.mqtt.as_mut().and_then(|mqtt| mqtt.password_file.as_mut()).map(resolve);
         Ok(config)
     }
 
@@ -168,7 +172,8 @@ impl Config {
     ///
     /// # Errors
     /// When the source is not exactly one of `frames` and `video`, a `[policy]` value is
-    /// invalid, a spool limit is 0, or another value is out of range.
+    /// invalid, a spool limit is 0, an `[mqtt]` value is invalid or comes without a summary
+    /// interval, or another value is out of range.
     pub fn validate(&self) -> anyhow::Result<()> {
         match (&self.source.frames, &self.source.video) {
             (Some(_), None) | (None, Some(_)) => {}
@@ -183,6 +188,12 @@ impl Config {
         }
         self.policy.policy_config()?;
         self.policy.frame_interval_ms()?;
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.settings()?;
+            if self.device.summary_interval.is_none() {
+                bail!("[mqtt] publishes summaries: expected [device] summary_interval, found none");
+            }
+        }
         Ok(())
     }
 }

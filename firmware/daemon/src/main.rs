@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use qualm_daemon::config::{Config, SourceConfig};
 use qualm_daemon::metrics::{self, Metrics};
+use qualm_daemon::mqtt::MqttPublisher;
 use qualm_daemon::pipeline::Daemon;
 use qualm_daemon::service::{self, DeviceConfig, Outputs, ServiceContext, Signals};
 use qualm_daemon::status::{self, StatusIndicator, StatusLight, UplinkHealth};
@@ -101,6 +102,7 @@ impl Args {
                 spool_max_bytes: None,
                 policy: Default::default(),
                 device: DeviceConfig::default(),
+                mqtt: None,
             },
         };
 
@@ -151,6 +153,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let publisher = match &config.mqtt {
+        Some(mqtt) => Some(MqttPublisher::start(mqtt.settings()?)?),
+        None => None,
+    };
     let mut daemon = Daemon::new(&config)?;
     let capture = service::start_capture(&config)?;
 
@@ -158,6 +164,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(address) => {
             let metrics = Arc::new(Metrics::new()?);
             metrics.watch_capture(capture.status());
+            if let Some(publisher) = &publisher {
+                metrics.watch_mqtt(publisher.status());
+            }
             metrics::serve(address, Arc::clone(&metrics), config.spool.clone())?;
             Some(metrics)
         }
@@ -174,11 +183,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(interval) => Some(Summaries::open(&config.ledger, interval, Instant::now())?),
         None => None,
     };
+    if let (Some(summaries), Some(publisher)) = (summaries.as_mut(), &publisher) {
+        summaries.publish_to(publisher.sender());
+    }
     let outputs = Outputs {
         status: light.as_mut().map(|light| light as &mut dyn StatusIndicator),
         summaries: summaries.as_mut(),
     };
     let outcome = service::serve(&mut daemon, &capture, &context, outputs)?;
+    // The last summary is in the ledger already; the broker gets a bounded chance at it.
+    if let Some(publisher) = publisher {
+        publisher.finish(Duration::from_secs(2));
+    }
     let summary = outcome.frames;
     println!(
         "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \

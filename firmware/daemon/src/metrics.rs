@@ -20,6 +20,7 @@ use prometheus::{
 
 use crate::capture::CaptureStatus;
 use crate::ledger::LedgerEntry;
+use crate::mqtt::MqttStatus;
 
 /// Every metric qualmd exports.
 pub struct Metrics {
@@ -38,6 +39,11 @@ pub struct Metrics {
     /// the counters of a whole number of frames.
     consistent: Mutex<()>,
     capture: Mutex<Option<Arc<CaptureStatus>>>,
+    mqtt_published: IntCounter,
+    mqtt_failures: IntCounter,
+    mqtt_dropped: IntCounter,
+    mqtt_connected: IntGauge,
+    mqtt: Mutex<Option<Arc<MqttStatus>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +114,11 @@ impl Metrics {
                 "model run time per frame",
                 seconds,
             )?,
+            mqtt_published: counter(r, "qualmd_mqtt_published_total", "summaries published")?,
+            mqtt_failures: counter(r, "qualmd_mqtt_failures_total", "failed connects, publishes")?,
+            mqtt_dropped: counter(r, "qualmd_mqtt_dropped_total", "summaries dropped, queue full")?,
+            mqtt_connected: gauge(r, "qualmd_mqtt_connected", "1 while connected to the broker")?,
+            mqtt: Mutex::new(None),
             registry,
             consistent: Mutex::new(()),
             capture: Mutex::new(None),
@@ -121,6 +132,11 @@ impl Metrics {
     /// Reports the capture thread's counters from now on.
     pub fn watch_capture(&self, status: Arc<CaptureStatus>) {
         *self.capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Reports the MQTT publisher's counters from now on.
+    pub fn watch_mqtt(&self, status: Arc<MqttStatus>) {
+        *self.mqtt.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     }
 
     /// Counts one frame from its ledger entry; `inference` is the model's run time for it.
@@ -149,6 +165,13 @@ impl Metrics {
             let restarts = status.restarts().saturating_sub(self.source_restarts.get());
             self.source_restarts.inc_by(restarts);
             self.source_state.set(status.state() as i64);
+        }
+        if let Some(status) = &*self.mqtt.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.mqtt_published
+                .inc_by(status.published().saturating_sub(self.mqtt_published.get()));
+            self.mqtt_failures.inc_by(status.failures().saturating_sub(self.mqtt_failures.get()));
+            self.mqtt_dropped.inc_by(status.dropped().saturating_sub(self.mqtt_dropped.get()));
+            self.mqtt_connected.set(i64::from(status.connected()));
         }
 
         let _consistent = self.lock();

@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::Context;
 use qualm_core::Statistic;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Ledger, LedgerEntry};
+use crate::mqtt::MqttSender;
 use crate::pipeline::Summary;
 
 /// The `kind` of a summary line.
@@ -131,6 +133,8 @@ pub struct Summaries {
     statistic_histogram: Histogram,
     other_statistic: u64,
     entropy_histogram: Histogram,
+    /// Where each line's JSON goes besides the ledger.
+    publisher: Option<MqttSender>,
 }
 
 impl Summaries {
@@ -150,7 +154,13 @@ impl Summaries {
             statistic_histogram: Histogram::new(0.0, 1.0),
             other_statistic: 0,
             entropy_histogram: Histogram::new(0.0, 1.0),
+            publisher: None,
         })
+    }
+
+    /// Queues every later summary line for an MQTT broker too: the same JSON as in the ledger.
+    pub fn publish_to(&mut self, sender: MqttSender) {
+        self.publisher = Some(sender);
     }
 
     /// Counts one frame's ledger line. Allocates only for a reason not seen since the last
@@ -222,6 +232,13 @@ impl Summaries {
             entropy_histogram: self.entropy_histogram.clone(),
         };
         self.ledger.append_line(&line)?;
+        if let Some(publisher) = &self.publisher {
+            // Serialized as the ledger serializes it: subscribers get the line byte for byte.
+            let json = serde_json::to_vec(&line).context("cannot encode a summary line")?;
+            if publisher.send(json).is_some() {
+                tracing::debug!("mqtt queue full: dropped the oldest unsent summary");
+            }
+        }
 
         // The next interval starts now; a slow frame delays a summary, it does not skew the
         // next one.
