@@ -345,7 +345,9 @@ pub fn replay(
             None => millis,
         };
         let hash = perceptual_hash(entry).with_context(|| at(line))?;
-        let outcome = core.decide(time_ms, rules.passes(stats), rules.priority(stats), hash);
+        // A frame of mostly non-finite logits passes as most uncertain, as in qualmd.
+        let (passes, priority) = qualm_daemon::nonfinite::policy_input(&rules, stats);
+        let outcome = core.decide(time_ms, passes, priority, hash);
         if let Some(ticket) = outcome.evicted {
             // Tickets count the frames decided, from 0: the index into `scored`.
             scored[ticket as usize].2 = Fate::Evicted;
@@ -684,6 +686,20 @@ mod tests {
         let policy = ReplayPolicy { config, frame_interval_ms: Some(1_000) };
         let result = replay(&entries, path, &calibration(), rules, policy).unwrap();
         assert_eq!(result.kept_frames, ["a", "c", "d"]);
+    }
+
+    /// Means of 0 look certain, but a frame of non-finite logits is kept as qualmd keeps it.
+    #[test]
+    fn nonfinite_frames_replay_as_kept() {
+        let rules = Rules::try_new(Combine::Any, &[calibration().gate]).unwrap();
+        let mut broken = entry("nan", "1970-01-01T00:00:01Z", 0.0);
+        broken.stats =
+            Some(FrameStats { pixels: 100, nonfinite_pixels: 100, ..FrameStats::default() });
+        let entries = [entry("calm", "1970-01-01T00:00:00Z", 0.0), broken];
+        let policy = ReplayPolicy { config: PolicyConfig::default(), frame_interval_ms: None };
+        let path = Path::new("ledger.jsonl");
+        let result = replay(&entries, path, &calibration(), rules, policy).unwrap();
+        assert_eq!(result.kept_frames, ["nan"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
+pub mod nonfinite;
 pub mod perceptual;
 pub mod pipeline;
 pub mod service;

@@ -182,13 +182,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let summary = outcome.frames;
     println!(
         "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \
-         {:.1} frames/s{}; records in {}, ledger {}",
+         {} non-finite, {:.1} frames/s{}; records in {}, ledger {}",
         summary.frames,
         summary.kept,
         summary.evicted,
         summary.spool_errors,
         summary.failed,
         outcome.dropped,
+        summary.non_finite,
         summary.frames_per_second(),
         if outcome.signalled { ", stopped by signal" } else { "" },
         daemon.spool_folder().display(),
