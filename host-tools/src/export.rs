@@ -334,7 +334,7 @@ pub fn brush_rle(words: &[u8]) -> Vec<u8> {
 
 /// A record's mask of class ids, checked against the class count.
 fn class_mask(path: &Path, classes: usize) -> Result<image::GrayImage> {
-    let image = image::open(path)
+    let image = qualm_daemon::decode::decode_image(path, Default::default())
         .with_context(|| format!("{}: cannot decode the mask PNG", path.display()))?;
     let DynamicImage::ImageLuma8(mask) = image else {
         bail!(

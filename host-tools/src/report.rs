@@ -330,9 +330,7 @@ fn panel_images(
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("jpg"));
     if is_image {
-        let picture = image::open(&frame.input)
-            .with_context(|| format!("{}: cannot decode as an image", frame.input.display()))?
-            .to_rgb8();
+        let picture = qualm_daemon::decode::decode_frame(&frame.input, Default::default())?;
         let picture = image::imageops::resize(&picture, width, height, image::imageops::Triangle);
         images.push(("image", data_uri(&picture)?));
     }

@@ -135,6 +135,10 @@ pub struct Config {
     /// How qualmd runs on the camera: capture queue, source restarts, metrics endpoint.
     #[serde(default)]
     pub device: crate::service::DeviceConfig,
+    /// The largest frame file a folder source decodes (`[decode]`); larger ones are ledgered
+    /// as errors.
+    #[serde(default)]
+    pub decode: crate::decode::DecodeLimits,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -183,6 +187,7 @@ impl Config {
         }
         self.policy.policy_config()?;
         self.policy.frame_interval_ms()?;
+        self.decode.validate()?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod calibration;
 pub mod capture;
 pub mod card;
 pub mod config;
+pub mod decode;
 pub mod ledger;
 pub mod metrics;
 pub mod model;

@@ -101,6 +101,7 @@ impl Args {
                 spool_max_bytes: None,
                 policy: Default::default(),
                 device: DeviceConfig::default(),
+                decode: Default::default(),
             },
         };
 
