@@ -9,6 +9,7 @@ pub mod card;
 pub mod config;
 pub mod decode;
 pub mod ledger;
+pub mod lock;
 pub mod metrics;
 pub mod model;
 pub mod nonfinite;

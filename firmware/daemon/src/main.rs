@@ -1,8 +1,9 @@
 //! `qualmd`: runs the segmentation model on every frame, keeps the uncertain ones.
 //!
 //! Exit codes: 0 when the source was processed to its end or a SIGTERM/SIGINT drained the run
-//! (bad frames are skipped, not fatal), 1 when start-up failed or the ledger could not be
-//! written, 2 for usage errors. A second SIGTERM/SIGINT during the drain exits with 1 at once.
+//! (bad frames are skipped, not fatal), 1 when start-up failed (another qualmd holding the
+//! spool's lock included) or the ledger could not be written, 2 for usage errors. A second
+//! SIGTERM/SIGINT during the drain exits with 1 at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +142,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
     // Handlers first: a SIGTERM while the model loads still ends the run cleanly.
     let signals = Signals::install()?;
+    // Before anything slow: a second qualmd on this spool stops here. Held until run ends.
+    let _spool_lock = qualm_daemon::lock::lock_spool(&config.spool)?;
     // Device outputs before the model: a missing GPIO chip fails fast.
     let summary_interval = config.device.summary_interval()?;
     let mut light = match &config.device.status_gpio {
