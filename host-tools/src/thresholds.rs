@@ -55,9 +55,13 @@ pub struct ThresholdsArgs {
     #[arg(long, default_value = "mean_entropy")]
     statistic: Statistic,
 
-    /// Calibration file to write.
+    /// Calibration file to write; an existing file is refused without --force.
     #[arg(long, short)]
     out: PathBuf,
+
+    /// Overwrite the --out file if it exists.
+    #[arg(long)]
+    force: bool,
 
     /// Words on where the frames came from, kept in the file's provenance [default: the
     /// ledger's path, or the data folders].
@@ -118,8 +122,16 @@ struct Chosen {
 ///
 /// # Errors
 /// When the arguments do not name one mode, the ledger or frames cannot be read, the ledger
-/// mixes models or settings, or there are too few frames for the guarantee asked for.
+/// mixes models or settings, there are too few frames for the guarantee asked for, or `--out`
+/// exists and `--force` is not given.
 pub fn run(args: &ThresholdsArgs) -> Result<()> {
+    // Checked first: a calibration in use is not replaced by accident, nor after a long run.
+    if args.out.exists() && !args.force {
+        bail!(
+            "{}: the calibration file exists already; pass --force to replace it",
+            args.out.display()
+        );
+    }
     let chosen = match (&args.ledger, args.keep_rate, args.recall) {
         (Some(ledger), Some(keep_rate), None) => from_ledger(args, ledger, keep_rate)?,
         (None, None, Some(recall)) => from_labeled(args, recall)?,

@@ -70,6 +70,7 @@ fn thresholds(dir: &Path, reference: &str) -> String {
         "mean_entropy",
         "--out",
         out,
+        "--force",
     ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     out.into()
