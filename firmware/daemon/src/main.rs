@@ -142,7 +142,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
     // Handlers first: a SIGTERM while the model loads still ends the run cleanly.
     let signals = Signals::install()?;
-    // Before anything slow: a second qualmd on this spool stops here. Held until run ends.
+    // Before anything slow: a wrong path, or a second qualmd on this spool, stops here. The
+    // lock is held until the run ends.
+    config.check_inputs()?;
     let _spool_lock = qualm_daemon::lock::lock_spool(&config.spool)?;
     // Device outputs before the model: a missing GPIO chip fails fast.
     let summary_interval = config.device.summary_interval()?;
