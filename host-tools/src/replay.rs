@@ -236,11 +236,15 @@ pub struct Replay {
     pub mismatched_settings: u64,
 }
 
+/// Shortest ledger span, in seconds, that records per day are extrapolated from: a few
+/// seconds of frames say nothing about a day.
+pub const MIN_EXTRAPOLATION_SECONDS: u64 = 600;
+
 impl Replay {
-    /// Kept records per day over the ledger's time span; `None` when all frames share one
-    /// instant.
+    /// Kept records per day over the ledger's time span; `None` when the span is shorter than
+    /// [`MIN_EXTRAPOLATION_SECONDS`].
     pub fn records_per_day(&self) -> Option<f64> {
-        (self.span_seconds > 0)
+        (self.span_seconds >= MIN_EXTRAPOLATION_SECONDS)
             .then(|| self.total.kept as f64 * DAY as f64 / self.span_seconds as f64)
     }
 
@@ -567,7 +571,11 @@ fn print(result: &Replay, args: &ReplayArgs) {
             "{per_day:.1} records per day over {:.2} hours of ledger",
             result.span_seconds as f64 / HOUR as f64
         ),
-        None => println!("records per day: - (all frames share one time)"),
+        None => println!(
+            "records per day: - (span too short to extrapolate: {} s, under {} minutes)",
+            result.span_seconds,
+            MIN_EXTRAPOLATION_SECONDS / 60
+        ),
     }
     if result.mismatched_settings > 0 {
         println!(
@@ -751,6 +759,8 @@ mod tests {
         };
         // 3 records in a quarter day: 12 per day.
         assert_eq!(result.records_per_day(), Some(12.0));
-        assert_eq!(Replay { span_seconds: 0, ..result }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 0, ..result.clone() }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 599, ..result.clone() }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 600, ..result }.records_per_day(), Some(3.0 * 144.0));
     }
 }
