@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use qualm_core::{Gate, Statistic, StatsConfig, Temperature};
 use qualm_daemon::calibration::{Calibration, Provenance};
 use qualm_daemon::card::ModelCard;
-use qualm_daemon::ledger::read_ledger;
+use qualm_daemon::ledger::{LedgerEntry, read_ledger};
 use serde_json::json;
 
 use crate::drift::{REFERENCE_POINTS, ledger_values, reference_from};
@@ -118,6 +118,17 @@ struct Chosen {
     summary: serde_json::Value,
 }
 
+/// A ledger frame's scoring settings in words, for the error naming a mixed ledger.
+fn settings(entry: &LedgerEntry) -> String {
+    let number = |value: Option<f32>| value.map_or("none".to_owned(), |v| v.to_string());
+    format!(
+        "model {}, temperature {}, uncertain level {}",
+        entry.model_sha256,
+        number(entry.temperature),
+        number(entry.uncertain_level)
+    )
+}
+
 /// Runs the command.
 ///
 /// # Errors
@@ -169,14 +180,12 @@ fn from_ledger(args: &ThresholdsArgs, ledger: &std::path::Path, keep_rate: f64) 
             && entry.uncertain_level == first.uncertain_level;
         if !same {
             bail!(
-                "{}: expected one model and one temperature, found frame {} with model {} and \
-                 temperature {:?} after model {} and temperature {:?}",
+                "{}: expected one model, temperature and uncertain level, found frame {} with {} \
+                 after frames with {}",
                 ledger.display(),
                 entry.frame,
-                entry.model_sha256,
-                entry.temperature,
-                first.model_sha256,
-                first.temperature
+                settings(entry),
+                settings(first)
             );
         }
     }

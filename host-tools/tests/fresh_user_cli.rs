@@ -2,6 +2,7 @@
 //! `thresholds --out` replacing a calibration file without a word.
 
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use qualm_core::FrameStats;
@@ -10,6 +11,14 @@ mod common;
 
 fn qualm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qualm")).args(args).output().unwrap()
+}
+
+/// `qualm thresholds --ledger LEDGER --keep-rate 0.1 --out OUT` and `extra`.
+fn thresholds(ledger: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (ledger, out) = (ledger.to_str().unwrap(), out.to_str().unwrap());
+    qualm(
+        &[&["thresholds", "--ledger", ledger, "--keep-rate", "0.1", "--out", out], extra].concat(),
+    )
 }
 
 #[test]
@@ -47,15 +56,103 @@ fn thresholds_refuse_to_replace_a_calibration_without_force() {
     let out = dir.path().join("calibration.toml");
     fs::write(&out, "in use\n").unwrap();
 
-    let args = ["thresholds", "--ledger", ledger.to_str().unwrap(), "--keep-rate", "0.1"];
-    let output = qualm(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    let output = thresholds(&ledger, &out, &[]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!("{}: the calibration file exists already", out.display());
     assert!(stderr.contains(&expected) && stderr.contains("--force"), "{stderr}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "in use\n", "the file is untouched");
 
-    let output = qualm(&[&args[..], &["--out", out.to_str().unwrap(), "--force"]].concat());
+    let output = thresholds(&ledger, &out, &["--force"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(fs::read_to_string(&out).unwrap().contains("threshold"));
+}
+
+#[test]
+fn a_mixed_ledger_names_the_settings_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let time = "2026-01-01T00:00:00Z";
+    let first = common::ledger_entry("a".into(), time, FrameStats::default());
+    let mut second = common::ledger_entry("b".into(), time, FrameStats::default());
+    second.temperature = None;
+    common::write_ledger(&ledger, &[first, second]);
+    let output = thresholds(&ledger, &dir.path().join("c.toml"), &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let model = "ab".repeat(32);
+    let expected = format!(
+        "found frame b with model {model}, temperature none, uncertain level 0.5 after frames \
+         with model {model}, temperature 1.5, uncertain level 0.5"
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("Some("), "{stderr}");
+}
+
+/// Softmax of `[C, H, W]` logits, per pixel, in f64.
+fn softmax(logits: &[f32], channels: usize) -> Vec<f32> {
+    let plane = logits.len() / channels;
+    let mut out = vec![0.0; logits.len()];
+    for pixel in 0..plane {
+        let z: Vec<f64> = (0..channels).map(|c| f64::from(logits[c * plane + pixel])).collect();
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+        for c in 0..channels {
+            out[c * plane + pixel] = ((z[c] - max).exp() / sum) as f32;
+        }
+    }
+    out
+}
+
+fn stats(args: &[&str]) -> Output {
+    qualm(&[&["stats"], args].concat())
+}
+
+#[test]
+fn logits_read_as_probabilities_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let logits: Vec<f32> = (0..3 * 8 * 8).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+    let logits_path = dir.path().join("logits.npy");
+    common::write_npy(&logits_path, &[3, 8, 8], &logits);
+    let output = stats(&["--logits", logits_path.to_str().unwrap(), "--kind", "probabilities"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("logits.npy: cannot read the values as probabilities"), "{stderr}");
+    assert!(stderr.contains("these look like logits"), "{stderr}");
+
+    // Their softmax is accepted and scores as the logits do (entropy of p is entropy of z).
+    let probabilities_path = dir.path().join("probabilities.npy");
+    common::write_npy(&probabilities_path, &[3, 8, 8], &softmax(&logits, 3));
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = stats(&[args, &["--json"]].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let from_logits = json(&["--logits", logits_path.to_str().unwrap()]);
+    let probabilities = probabilities_path.to_str().unwrap();
+    let from_probabilities = json(&["--logits", probabilities, "--kind", "probabilities"]);
+    let entropy = |j: &serde_json::Value| j["mean_entropy"].as_f64().unwrap();
+    assert!((entropy(&from_logits) - entropy(&from_probabilities)).abs() < 1e-5);
+    assert_eq!(from_probabilities["nonfinite_pixels"], 0);
+
+    // Values in [0, 1] that do not sum to 1 are not softmax outputs either.
+    let halves = vec![0.5f32; 3 * 8 * 8];
+    common::write_npy(&probabilities_path, &[3, 8, 8], &halves);
+    let output = stats(&["--logits", probabilities, "--kind", "probabilities"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("found a sum of 1.5 at y 0, x 0"), "{stderr}");
+}
+
+#[test]
+fn a_short_npy_says_bytes_expected_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.npy");
+    common::write_npy(&path, &[2, 4, 4], &[0.5f32; 32]);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    let output = stats(&["--logits", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = "cut.npy: expected 128 bytes of array data for shape [2, 4, 4], found 118";
+    assert!(stderr.contains(expected), "{stderr}");
 }
