@@ -2,36 +2,20 @@
 //! ends by design; qualmd says so once, and the repeats map to the records already stored.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qualm_core::{Gate, Statistic};
-use qualm_daemon::calibration::{Calibration, Provenance};
-use qualm_daemon::card::{ModelCard, sha256_file};
+use qualm_core::Statistic;
 use qualm_daemon::ledger::read_ledger;
 use qualm_daemon::lock::LOCK_FILE;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 #[test]
 fn looping_a_folder_logs_once_and_repeats_map_to_the_same_records() {
     let dir = tempfile::tempdir().unwrap();
-    let frames = dir.path().join("frames");
-    fs::create_dir(&frames).unwrap();
-    for name in ["vtest_0000.jpg", "vtest_0020.jpg"] {
-        fs::copy(repo().join("models/frames/vtest").join(name), frames.join(name)).unwrap();
-    }
-    let card = repo().join("models/selfie/selfie_int8.toml");
-    let calibration = Calibration {
-        model_sha256: sha256_file(&ModelCard::load(&card).unwrap().model_path()).unwrap(),
-        temperature: 1.0,
-        uncertain_level: 0.5,
-        gate: Gate { statistic: Statistic::P90Entropy, threshold: 0.0 },
-        provenance: Provenance::default(),
-    };
-    calibration.save(&dir.path().join("calibration.toml")).unwrap();
+    let frames = common::copy_frames(dir.path(), &["vtest_0000.jpg", "vtest_0020.jpg"]);
+    let card = common::repo().join("models/selfie/selfie_int8.toml");
+    common::write_calibration(dir.path(), &card, Statistic::P90Entropy, 0.0);
 
     // Three passes over two frames (threshold 0 keeps all), without duplicate suppression.
     let output = Command::new(env!("CARGO_BIN_EXE_qualmd"))

@@ -6,14 +6,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qualm_core::{Gate, Statistic};
-use qualm_daemon::calibration::{Calibration, Provenance};
-use qualm_daemon::card::{ModelCard, sha256_file};
+use common::repo;
+use qualm_core::Statistic;
 use qualm_daemon::ledger::read_ledger;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
 /// Writes a copy of the fp32 selfie card into `dir`; `std = 0` divides every input value by
 /// zero, so the model sees only infinities and NaN and returns only non-finite logits.
@@ -31,19 +28,8 @@ fn card(dir: &Path, std: &str) -> PathBuf {
 
 /// Runs qualmd over two bundled frames with a gate nothing finite passes (entropy above 2).
 fn run(dir: &Path, card: &Path) -> (String, Vec<qualm_daemon::ledger::LedgerEntry>) {
-    let frames = dir.join("frames");
-    fs::create_dir_all(&frames).unwrap();
-    for name in ["vtest_0000.jpg", "vtest_0020.jpg"] {
-        fs::copy(repo().join("models/frames/vtest").join(name), frames.join(name)).unwrap();
-    }
-    let calibration = Calibration {
-        model_sha256: sha256_file(&ModelCard::load(card).unwrap().model_path()).unwrap(),
-        temperature: 1.0,
-        uncertain_level: 0.5,
-        gate: Gate { statistic: Statistic::MeanEntropy, threshold: 2.0 },
-        provenance: Provenance::default(),
-    };
-    calibration.save(&dir.join("calibration.toml")).unwrap();
+    let frames = common::copy_frames(dir, &["vtest_0000.jpg", "vtest_0020.jpg"]);
+    common::write_calibration(dir, card, Statistic::MeanEntropy, 2.0);
 
     let ledger = dir.join("ledger.jsonl");
     let _ = fs::remove_file(&ledger);
