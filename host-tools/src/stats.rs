@@ -241,7 +241,7 @@ pub(crate) fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
         _ => None,
     };
     if let Some((_, size, _)) = &found {
-        check_data_length(path, &dims, *size as u64)?;
+        check_data_length(path, &dims, *size)?;
     }
     let read_error = || format!("{}: cannot read the array data", path.display());
     let values = match found {
