@@ -156,3 +156,17 @@ fn a_short_npy_says_bytes_expected_and_found() {
     let expected = "cut.npy: expected 128 bytes of array data for shape [2, 4, 4], found 118";
     assert!(stderr.contains(expected), "{stderr}");
 }
+
+/// `qualm drift --calibration models/selfie/calibration.toml` needs the reference the
+/// committed file once lacked.
+#[test]
+fn the_committed_calibration_carries_its_drift_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("models/selfie/calibration.toml");
+    let calibration = qualm_daemon::calibration::Calibration::load(&path).unwrap();
+    let reference = calibration.provenance.reference.expect("a [provenance.reference] table");
+    assert_eq!((reference.frames, reference.kind.as_str()), (795, "quantiles"));
+    let entropy = &reference.statistics["interior_mean_entropy"];
+    assert_eq!(entropy.len(), 100);
+    assert!(entropy.windows(2).all(|w| w[0] <= w[1]), "sorted quantiles");
+}
