@@ -459,7 +459,8 @@ impl Report {
     }
 
     /// The statistic of highest AUROC in `rankings` (one per [`Statistic::ALL`]), against
-    /// frame-mean max-softmax.
+    /// frame-mean max-softmax; `separates` is false when even it is within [`CHANCE_MARGIN`]
+    /// of chance.
     fn best_statistic(rankings: &[Ranking], positives: &str, negatives: &str) -> Value {
         let baseline = rankings[0].auroc;
         let best = Statistic::ALL
@@ -471,6 +472,7 @@ impl Report {
             (Some((statistic, auroc)), Ok(baseline)) => json!({
                 "statistic": statistic.as_str(),
                 "auroc": auroc,
+                "separates": separates(auroc),
                 "mean_max_softmax_auroc": baseline,
                 "over_max_softmax": auroc - baseline,
             }),
@@ -569,6 +571,7 @@ impl Report {
             (Some((score, auroc)), Ok(baseline)) => json!({
                 "score": score_name(*score),
                 "auroc": auroc,
+                "separates": separates(auroc),
                 "max_softmax_auroc": baseline,
                 "over_max_softmax": auroc - baseline,
             }),
@@ -661,6 +664,11 @@ impl Report {
         println!();
         let best = self.best_json();
         let describe = |what: &str, value: &Value, key: &str| match value[key].as_str() {
+            Some(name) if value["separates"] == false => println!(
+                "best {what}: none separates (the best, {name}, has AUROC {:.4}, within \
+                 {CHANCE_MARGIN} of chance)",
+                value["auroc"].as_f64().unwrap_or(f64::NAN)
+            ),
             Some(name) => println!(
                 "best {what}: {name}, AUROC {:.4}, {:+.4} over max-softmax",
                 value["auroc"].as_f64().unwrap_or(f64::NAN),
@@ -674,6 +682,16 @@ impl Report {
             describe(&format!("{name} statistic"), &best["ood"][name], "statistic");
         }
     }
+}
+
+/// How far above chance (AUROC 0.5) the best score must rank to be called one that separates.
+pub(crate) const CHANCE_MARGIN: f64 = 0.05;
+
+/// Whether a best AUROC is more than [`CHANCE_MARGIN`] above chance. The best of several
+/// scores is the largest AUROC, so one far below 0.5 would have been beaten by its own
+/// reverse only if that were computed; this asks only whether the winner is any good.
+pub(crate) fn separates(auroc: f64) -> bool {
+    auroc > 0.5 + CHANCE_MARGIN
 }
 
 /// A metric as a table cell: 4 decimals, or `-` when undefined.
@@ -766,5 +784,21 @@ mod tests {
         assert!((miou - (2.0 / 3.0 + 0.0) / 2.0).abs() < 1e-12);
         assert!((accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(miou_and_accuracy(&[0; 4], 2), None);
+    }
+
+    /// A best AUROC of 0.5 (every value tied) is no verdict; 1.0 is.
+    #[test]
+    fn best_statistic_at_chance_does_not_separate() {
+        let tied = || ranking_metrics(&mut [(1.0, true), (1.0, false)]);
+        let mut rankings: Vec<Ranking> = Statistic::ALL.iter().map(|_| tied()).collect();
+        let best = Report::best_statistic(&rankings, "failed frames", "passed frames");
+        assert_eq!(best["auroc"], 0.5);
+        assert_eq!(best["separates"], false);
+
+        rankings[3] = ranking_metrics(&mut [(2.0, true), (1.0, false)]);
+        let best = Report::best_statistic(&rankings, "failed frames", "passed frames");
+        assert_eq!(best["statistic"], Statistic::ALL[3].as_str());
+        assert_eq!((best["auroc"].as_f64(), best["separates"].as_bool()), (Some(1.0), Some(true)));
+        assert!(!separates(0.55) && separates(0.551));
     }
 }

@@ -92,11 +92,27 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         bail!("{}: expected at least one record folder, found none", args.spool.display());
     }
     let classes = record_classes(&records)?;
-    prepare_out(&args.out)?;
+    check_out(&args.out)?;
+
+    // Written into a hidden folder beside the output and renamed into place at the end, so a
+    // failed export leaves nothing that blocks a retry (the folder is removed on drop).
+    let parent = match args.out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".qualm-export-")
+        .tempdir_in(parent)
+        .with_context(|| format!("{}: cannot create a folder in it", parent.display()))?;
     match args.format {
-        Format::Cvat => write_cvat(&records, &classes, &args.out)?,
-        Format::LabelStudio => write_label_studio(&records, &classes, args)?,
+        Format::Cvat => write_cvat(&records, &classes, staging.path())?,
+        Format::LabelStudio => write_label_studio(&records, &classes, args, staging.path())?,
     }
+    // rename(2) replaces an empty folder, so an empty output folder is fine too.
+    fs::rename(staging.path(), &args.out)
+        .with_context(|| format!("{}: cannot move the export into place", args.out.display()))?;
+    let _ = staging.keep();
     let format = match args.format {
         Format::Cvat => "CVAT Segmentation mask 1.1",
         Format::LabelStudio => "Label Studio tasks",
@@ -151,8 +167,8 @@ fn record_classes(records: &[Record]) -> Result<Vec<String>> {
     Ok(classes)
 }
 
-/// Creates the output folder, refusing one that already holds files.
-fn prepare_out(out: &Path) -> Result<()> {
+/// Refuses an output folder that already holds files.
+fn check_out(out: &Path) -> Result<()> {
     if out.exists() {
         let mut entries =
             fs::read_dir(out).with_context(|| format!("{}: cannot read", out.display()))?;
@@ -160,7 +176,7 @@ fn prepare_out(out: &Path) -> Result<()> {
             bail!("{}: expected an empty or new output folder, found files in it", out.display());
         }
     }
-    fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))
+    Ok(())
 }
 
 /// The CVAT "Segmentation mask 1.1" layout.
@@ -207,8 +223,13 @@ fn colour_mask(path: &Path, classes: usize) -> Result<RgbImage> {
 }
 
 /// Label Studio tasks with brush predictions, the labeling config and the images.
-fn write_label_studio(records: &[Record], classes: &[String], args: &ExportArgs) -> Result<()> {
-    let images = args.out.join("images");
+fn write_label_studio(
+    records: &[Record],
+    classes: &[String],
+    args: &ExportArgs,
+    out: &Path,
+) -> Result<()> {
+    let images = out.join("images");
     fs::create_dir_all(&images).with_context(|| format!("{}: cannot create", images.display()))?;
 
     let mut tasks = Vec::with_capacity(records.len());
@@ -257,7 +278,7 @@ fn write_label_studio(records: &[Record], classes: &[String], args: &ExportArgs)
             "predictions": [{ "model_version": meta.model, "score": score, "result": result }],
         }));
     }
-    write(&args.out.join("tasks.json"), serde_json::to_string_pretty(&tasks)?.as_bytes())?;
+    write(&out.join("tasks.json"), serde_json::to_string_pretty(&tasks)?.as_bytes())?;
 
     let mut config = String::from(
         "<View>\n  <Image name=\"image\" value=\"$image\"/>\n  <BrushLabels name=\"label\" \
@@ -271,7 +292,7 @@ fn write_label_studio(records: &[Record], classes: &[String], args: &ExportArgs)
         ));
     }
     config.push_str("  </BrushLabels>\n</View>\n");
-    write(&args.out.join("label_config.xml"), config.as_bytes())
+    write(&out.join("label_config.xml"), config.as_bytes())
 }
 
 fn xml_escape(text: &str) -> String {
@@ -334,7 +355,7 @@ pub fn brush_rle(words: &[u8]) -> Vec<u8> {
 
 /// A record's mask of class ids, checked against the class count.
 fn class_mask(path: &Path, classes: usize) -> Result<image::GrayImage> {
-    let image = image::open(path)
+    let image = qualm_daemon::decode::decode_image(path, Default::default())
         .with_context(|| format!("{}: cannot decode the mask PNG", path.display()))?;
     let DynamicImage::ImageLuma8(mask) = image else {
         bail!(

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use image::RgbImage;
 use qualm_core::{OwnedFrameMaps, StatsConfig};
 use qualm_daemon::model::SegmentationModel;
@@ -45,9 +44,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     }
 
     let frame = match &args.frame {
-        Some(path) => image::open(path)
-            .with_context(|| format!("cannot decode {} as an image", path.display()))?
-            .to_rgb8(),
+        Some(path) => qualm_daemon::decode::decode_frame(path, Default::default())?,
         None => {
             let (height, width) = model.input_size();
             RgbImage::from_pixel(width as u32, height as u32, image::Rgb([128, 128, 128]))

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use image::{DynamicImage, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use qualm_core::{Layout, OutputMap};
+use qualm_daemon::decode::{DecodeLimits, decode_frame, decode_image};
 use qualm_daemon::model::SegmentationModel;
 
 use crate::metrics::IGNORE_LABEL;
@@ -169,9 +170,7 @@ impl Dataset {
         };
         let load = || Ok(ImageModel(Box::new(SegmentationModel::load(card)?)));
         self.map_with(frames, message, load, |model, frame| {
-            let image = image::open(&frame.input)
-                .with_context(|| format!("{}: cannot decode as an image", frame.input.display()))?
-                .to_rgb8();
+            let image = decode_frame(&frame.input, DecodeLimits::default())?;
             work(model, image, frame)
         })
     }
@@ -298,9 +297,7 @@ impl LogitsSource {
 
 /// Runs the model on an image file (see [`model_logits`]).
 fn run_model(model: &mut SegmentationModel, path: &Path) -> Result<Logits> {
-    let image = image::open(path)
-        .with_context(|| format!("{}: cannot decode as an image", path.display()))?
-        .to_rgb8();
+    let image = decode_frame(path, DecodeLimits::default())?;
     model_logits(model, &image, path)
 }
 
@@ -400,7 +397,7 @@ pub fn read_logits(path: &Path) -> Result<Logits> {
 /// When the file cannot be decoded, is not 8-bit grayscale, has another size, or holds a value
 /// that is neither a class id nor 255.
 pub fn read_label(path: &Path, classes: usize, height: usize, width: usize) -> Result<Vec<u8>> {
-    let image = image::open(path)
+    let image = decode_image(path, DecodeLimits::default())
         .with_context(|| format!("{}: cannot decode the label PNG", path.display()))?;
     let DynamicImage::ImageLuma8(label) = image else {
         bail!(

@@ -48,7 +48,28 @@ enum Command {
     Export(export::ExportArgs),
 }
 
+/// Ends the process quietly when stdout is a closed pipe (`qualm stats ... | head`): `println!`
+/// panics on a write error, and the reader having gone away is not a bug to report.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's text for a failed `print!`; the test `output_into_a_closed_pipe_...` notices
+        // if it ever changes.
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -236,11 +236,15 @@ pub struct Replay {
     pub mismatched_settings: u64,
 }
 
+/// Shortest ledger span, in seconds, that records per day are extrapolated from: a few
+/// seconds of frames say nothing about a day.
+pub const MIN_EXTRAPOLATION_SECONDS: u64 = 600;
+
 impl Replay {
-    /// Kept records per day over the ledger's time span; `None` when all frames share one
-    /// instant.
+    /// Kept records per day over the ledger's time span; `None` when the span is shorter than
+    /// [`MIN_EXTRAPOLATION_SECONDS`].
     pub fn records_per_day(&self) -> Option<f64> {
-        (self.span_seconds > 0)
+        (self.span_seconds >= MIN_EXTRAPOLATION_SECONDS)
             .then(|| self.total.kept as f64 * DAY as f64 / self.span_seconds as f64)
     }
 
@@ -345,7 +349,9 @@ pub fn replay(
             None => millis,
         };
         let hash = perceptual_hash(entry).with_context(|| at(line))?;
-        let outcome = core.decide(time_ms, rules.passes(stats), rules.priority(stats), hash);
+        // A frame of mostly non-finite logits passes as most uncertain, as in qualmd.
+        let (passes, priority) = qualm_daemon::nonfinite::policy_input(&rules, stats);
+        let outcome = core.decide(time_ms, passes, priority, hash);
         if let Some(ticket) = outcome.evicted {
             // Tickets count the frames decided, from 0: the index into `scored`.
             scored[ticket as usize].2 = Fate::Evicted;
@@ -565,7 +571,11 @@ fn print(result: &Replay, args: &ReplayArgs) {
             "{per_day:.1} records per day over {:.2} hours of ledger",
             result.span_seconds as f64 / HOUR as f64
         ),
-        None => println!("records per day: - (all frames share one time)"),
+        None => println!(
+            "records per day: - (span too short to extrapolate: {} s, under {} minutes)",
+            result.span_seconds,
+            MIN_EXTRAPOLATION_SECONDS / 60
+        ),
     }
     if result.mismatched_settings > 0 {
         println!(
@@ -686,6 +696,20 @@ mod tests {
         assert_eq!(result.kept_frames, ["a", "c", "d"]);
     }
 
+    /// Means of 0 look certain, but a frame of non-finite logits is kept as qualmd keeps it.
+    #[test]
+    fn nonfinite_frames_replay_as_kept() {
+        let rules = Rules::try_new(Combine::Any, &[calibration().gate]).unwrap();
+        let mut broken = entry("nan", "1970-01-01T00:00:01Z", 0.0);
+        broken.stats =
+            Some(FrameStats { pixels: 100, nonfinite_pixels: 100, ..FrameStats::default() });
+        let entries = [entry("calm", "1970-01-01T00:00:00Z", 0.0), broken];
+        let policy = ReplayPolicy { config: PolicyConfig::default(), frame_interval_ms: None };
+        let path = Path::new("ledger.jsonl");
+        let result = replay(&entries, path, &calibration(), rules, policy).unwrap();
+        assert_eq!(result.kept_frames, ["nan"]);
+    }
+
     #[test]
     fn ledgers_without_hashes_replay_without_duplicate_suppression() {
         let rules = Rules::try_new(Combine::Any, &[calibration().gate]).unwrap();
@@ -735,6 +759,8 @@ mod tests {
         };
         // 3 records in a quarter day: 12 per day.
         assert_eq!(result.records_per_day(), Some(12.0));
-        assert_eq!(Replay { span_seconds: 0, ..result }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 0, ..result.clone() }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 599, ..result.clone() }.records_per_day(), None);
+        assert_eq!(Replay { span_seconds: 600, ..result }.records_per_day(), Some(3.0 * 144.0));
     }
 }

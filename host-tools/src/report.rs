@@ -20,7 +20,8 @@ use serde_json::json;
 
 use crate::calibrate::{Calibrated, calibrate};
 use crate::evaluate::{
-    Config, LabeledFrame, Report, analyze_logits, measure, ood_sets, score_name,
+    CHANCE_MARGIN, Config, LabeledFrame, Report, analyze_logits, measure, ood_sets, score_name,
+    separates,
 };
 use crate::labeled::{DataArgs, Frame, Logits};
 use crate::metrics::{CalibrationSummary, IGNORE_LABEL, Metric};
@@ -330,9 +331,7 @@ fn panel_images(
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("jpg"));
     if is_image {
-        let picture = image::open(&frame.input)
-            .with_context(|| format!("{}: cannot decode as an image", frame.input.display()))?
-            .to_rgb8();
+        let picture = qualm_daemon::decode::decode_frame(&frame.input, Default::default())?;
         let picture = image::imageops::resize(&picture, width, height, image::imageops::Triangle);
         images.push(("image", data_uri(&picture)?));
     }
@@ -628,6 +627,11 @@ impl Page<'_> {
 
         let pixel = &best["pixel"];
         match pixel["score"].as_str() {
+            Some(_) if pixel["separates"] == false => lines.push(format!(
+                "Wrong pixels: no score separates them from right ones (the best AUROC is {:.3}, \
+                 within {CHANCE_MARGIN} of chance).",
+                pixel["auroc"].as_f64().unwrap_or(f64::NAN)
+            )),
             Some("max_softmax") => lines.push(format!(
                 "Wrong pixels: max-softmax ranks them best here (AUROC {:.3}); the other scores do \
                  not beat it on this data.",
@@ -642,7 +646,13 @@ impl Page<'_> {
             None => lines.push("Wrong pixels: no verdict, the data has no wrong pixel or no right one.".into()),
         }
         let frame = &best["frame"];
-        if let Some(statistic) = frame["statistic"].as_str() {
+        if frame["separates"] == false {
+            lines.push(format!(
+                "Failed frames: no statistic separates them from passed ones (the best AUROC is \
+                 {:.3}, within {CHANCE_MARGIN} of chance).",
+                frame["auroc"].as_f64().unwrap_or(f64::NAN)
+            ));
+        } else if let Some(statistic) = frame["statistic"].as_str() {
             lines.push(format!(
                 "Failed frames: gate on <b>{statistic}</b> (AUROC {:.3}, {:+.3} over the frame mean \
                  of max-softmax, {:.3}).",
@@ -674,7 +684,15 @@ impl Page<'_> {
                 .zip(rankings)
                 .filter_map(|(s, r)| r.auroc.ok().map(|a| (s, a)))
                 .max_by(|a, b| a.1.total_cmp(&b.1));
-            if let (Some((statistic, auroc)), Some(baseline)) = (best, baseline) {
+            if let Some((_, auroc)) = best
+                && !separates(auroc)
+            {
+                lines.push(format!(
+                    "Out of distribution ({}): no statistic separates these frames (the best \
+                     AUROC is {auroc:.3}, within {CHANCE_MARGIN} of chance).",
+                    escape(name)
+                ));
+            } else if let (Some((statistic, auroc)), Some(baseline)) = (best, baseline) {
                 let warning = if baseline < 0.5 {
                     " Max-softmax is <b>more</b> confident on these frames than on the labeled ones."
                 } else {

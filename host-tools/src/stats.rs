@@ -2,7 +2,7 @@
 //! file, computed by the same `qualm_core::analyze_with` the daemon runs.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -110,6 +110,58 @@ impl Values {
     fn is_quantized(&self) -> bool {
         matches!(self, Self::I8(_) | Self::U8(_))
     }
+
+    /// Element `index` as a real number.
+    fn real(&self, index: usize, quantization: Quantization) -> f64 {
+        let step = |q: i32| f64::from(quantization.scale) * f64::from(q - quantization.zero_point);
+        match self {
+            Self::F32(data) => f64::from(data[index]),
+            Self::F16(data) => f64::from(data[index].to_f32()),
+            Self::I8(data) => step(i32::from(data[index])),
+            Self::U8(data) => step(i32::from(data[index])),
+        }
+    }
+}
+
+/// How far a probability may stray from [0, 1], and a pixel's sum from 1, before the values
+/// are taken for something else (rounding in float16 and int8 stays well inside).
+const PROBABILITY_TOLERANCE: f64 = 0.01;
+
+/// Checks that values read as probabilities are: each in [0, 1] and, for softmax outputs,
+/// each pixel's channels summing to 1. Logits passed with `--kind probabilities` would
+/// otherwise be read as `ln p` of values above 1 and counted as non-finite.
+fn check_probabilities(
+    values: &Values,
+    shape: Shape,
+    kind: OutputKind,
+    quantization: Quantization,
+) -> Result<()> {
+    let plane = shape.height * shape.width;
+    let at = |pixel: usize, channel: usize| match shape.layout {
+        Layout::Chw => channel * plane + pixel,
+        Layout::Hwc => pixel * shape.channels + channel,
+    };
+    for pixel in 0..plane {
+        let (y, x) = (pixel / shape.width, pixel % shape.width);
+        let mut sum = 0.0;
+        for channel in 0..shape.channels {
+            let value = values.real(at(pixel, channel), quantization);
+            if !(-PROBABILITY_TOLERANCE..=1.0 + PROBABILITY_TOLERANCE).contains(&value) {
+                bail!(
+                    "expected probabilities in [0, 1], found {value} at channel {channel}, \
+                     y {y}, x {x}: these look like logits (--kind logits)"
+                );
+            }
+            sum += value;
+        }
+        if kind == OutputKind::Probabilities && (sum - 1.0).abs() > PROBABILITY_TOLERANCE {
+            bail!(
+                "expected probabilities whose channels sum to 1 at every pixel, found a sum of \
+                 {sum} at y {y}, x {x}: these are not probabilities (--kind logits?)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The frame's shape as the core sees it.
@@ -148,6 +200,11 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         OutputKind::from,
     );
     let roi = args.roi.as_deref().map(|roi| read_roi(roi, shape)).transpose()?;
+    if matches!(kind, OutputKind::Probabilities | OutputKind::SigmoidProbability) {
+        check_probabilities(&values, shape, kind, quantization).with_context(|| {
+            format!("{}: cannot read the values as probabilities", path.display())
+        })?;
+    }
 
     let stats = match &values {
         Values::F32(data) => compute(data, shape, kind, quantization, &config, roi.as_deref()),
@@ -183,6 +240,9 @@ pub(crate) fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
         }
         _ => None,
     };
+    if let Some((_, size, _)) = &found {
+        check_data_length(path, &dims, *size)?;
+    }
     let read_error = || format!("{}: cannot read the array data", path.display());
     let values = match found {
         Some((TypeChar::Float, 4, _)) => Values::F32(npy.into_vec().with_context(read_error)?),
@@ -199,6 +259,35 @@ pub(crate) fn read_npy(path: &Path) -> Result<(Values, Vec<u64>)> {
         ),
     };
     Ok((values, dims))
+}
+
+/// Compares the bytes after the .npy header with what the shape needs, so that a file cut
+/// short says how short instead of failing somewhere in the reader.
+fn check_data_length(path: &Path, dims: &[u64], element_bytes: u64) -> Result<()> {
+    // Header layout: 6 magic bytes, major and minor version, then the header length as a u16
+    // (version 1) or u32 (versions 2 and 3), little-endian, then the header itself.
+    let mut start = [0u8; 12];
+    let mut file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let length = file.metadata().with_context(|| format!("{}: cannot stat", path.display()))?.len();
+    if file.read_exact(&mut start).is_err() {
+        return Ok(()); // The header parsed, so this cannot happen; the reader reports it.
+    }
+    let data_offset = if start[6] == 1 {
+        10 + u64::from(u16::from_le_bytes([start[8], start[9]]))
+    } else {
+        12 + u64::from(u32::from_le_bytes([start[8], start[9], start[10], start[11]]))
+    };
+    let expected = dims.iter().try_fold(element_bytes, |bytes, &d| bytes.checked_mul(d));
+    let found = length.saturating_sub(data_offset);
+    match expected {
+        Some(expected) if found >= expected => Ok(()),
+        Some(expected) => bail!(
+            "{}: expected {expected} bytes of array data for shape {dims:?}, found {found} \
+             (file cut short?)",
+            path.display()
+        ),
+        None => bail!("{}: expected a shape of addressable size, found {dims:?}", path.display()),
+    }
 }
 
 /// Turns the array's dimensions into the frame's shape: [H, W] is one channel, [1, ...] drops

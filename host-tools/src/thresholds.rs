@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use qualm_core::{Gate, Statistic, StatsConfig, Temperature};
 use qualm_daemon::calibration::{Calibration, Provenance};
 use qualm_daemon::card::ModelCard;
-use qualm_daemon::ledger::read_ledger;
+use qualm_daemon::ledger::{LedgerEntry, read_ledger};
 use serde_json::json;
 
 use crate::drift::{REFERENCE_POINTS, ledger_values, reference_from};
@@ -55,9 +55,13 @@ pub struct ThresholdsArgs {
     #[arg(long, default_value = "mean_entropy")]
     statistic: Statistic,
 
-    /// Calibration file to write.
+    /// Calibration file to write; an existing file is refused without --force.
     #[arg(long, short)]
     out: PathBuf,
+
+    /// Overwrite the --out file if it exists.
+    #[arg(long)]
+    force: bool,
 
     /// Words on where the frames came from, kept in the file's provenance [default: the
     /// ledger's path, or the data folders].
@@ -114,12 +118,31 @@ struct Chosen {
     summary: serde_json::Value,
 }
 
+/// A ledger frame's scoring settings in words, for the error naming a mixed ledger.
+fn settings(entry: &LedgerEntry) -> String {
+    let number = |value: Option<f32>| value.map_or("none".to_owned(), |v| v.to_string());
+    format!(
+        "model {}, temperature {}, uncertain level {}",
+        entry.model_sha256,
+        number(entry.temperature),
+        number(entry.uncertain_level)
+    )
+}
+
 /// Runs the command.
 ///
 /// # Errors
 /// When the arguments do not name one mode, the ledger or frames cannot be read, the ledger
-/// mixes models or settings, or there are too few frames for the guarantee asked for.
+/// mixes models or settings, there are too few frames for the guarantee asked for, or `--out`
+/// exists and `--force` is not given.
 pub fn run(args: &ThresholdsArgs) -> Result<()> {
+    // Checked first: a calibration in use is not replaced by accident, nor after a long run.
+    if args.out.exists() && !args.force {
+        bail!(
+            "{}: the calibration file exists already; pass --force to replace it",
+            args.out.display()
+        );
+    }
     let chosen = match (&args.ledger, args.keep_rate, args.recall) {
         (Some(ledger), Some(keep_rate), None) => from_ledger(args, ledger, keep_rate)?,
         (None, None, Some(recall)) => from_labeled(args, recall)?,
@@ -157,14 +180,12 @@ fn from_ledger(args: &ThresholdsArgs, ledger: &std::path::Path, keep_rate: f64) 
             && entry.uncertain_level == first.uncertain_level;
         if !same {
             bail!(
-                "{}: expected one model and one temperature, found frame {} with model {} and \
-                 temperature {:?} after model {} and temperature {:?}",
+                "{}: expected one model, temperature and uncertain level, found frame {} with {} \
+                 after frames with {}",
                 ledger.display(),
                 entry.frame,
-                entry.model_sha256,
-                entry.temperature,
-                first.model_sha256,
-                first.temperature
+                settings(entry),
+                settings(first)
             );
         }
     }

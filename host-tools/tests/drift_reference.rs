@@ -70,6 +70,7 @@ fn thresholds(dir: &Path, reference: &str) -> String {
         "mean_entropy",
         "--out",
         out,
+        "--force",
     ]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     out.into()
@@ -188,9 +189,14 @@ fn stored_reference_tells_a_shift_from_a_fresh_sample() {
 #[test]
 fn old_calibration_files_load_and_drift_asks_for_a_reference() {
     let dir = tempfile::tempdir().unwrap();
-    // The committed calibration predates the stored reference.
+    // The committed calibration as it was before files stored the reference still loads.
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/selfie/calibration.toml");
-    assert!(Calibration::load(&committed).unwrap().provenance.reference.is_none());
+    let text = fs::read_to_string(committed).unwrap();
+    let (before, _) = text.split_once("[provenance.reference]").unwrap();
+    fs::write(dir.path().join("before.toml"), before).unwrap();
+    let loaded = Calibration::load(&dir.path().join("before.toml")).unwrap();
+    assert!(loaded.provenance.reference.is_none());
+    assert_eq!(loaded.provenance.frames, 795);
 
     let calibration = Calibration {
         model_sha256: "ab".repeat(32),

@@ -80,6 +80,16 @@ fn mask_value_beyond_the_classes_is_refused_naming_the_file() {
         stderr.contains("a-0001/mask.png") && stderr.contains("found 2 at x 2, y 0"),
         "{stderr}"
     );
+
+    // The failed export left nothing behind: no output folder, no staging folder beside it,
+    // so once the record is right the same command works.
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["spool"]);
+    record(&spool, "a-0001", &["background", "person", "car"]);
+    let output =
+        qualm(&["export", "--spool", spool.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(out.join("JPEGImages/a-0001.jpg").is_file());
 }
 
 #[test]

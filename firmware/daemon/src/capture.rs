@@ -256,6 +256,10 @@ impl Drop for Capture {
 fn capture_loop(shared: &Shared, first: BoxedSource, mut reopen: Opener, options: CaptureOptions) {
     let mut source = Some(first);
     let mut delay = options.backoff_initial;
+    // A blocking queue means a recording (live sources drop frames instead): looped, it ends
+    // at every pass by design, which is worth one line in the log, not a warning per pass.
+    let recording = options.overflow == Overflow::Block;
+    let mut passes = 1u64;
     loop {
         let current = match source.take() {
             Some(current) => current,
@@ -297,7 +301,17 @@ fn capture_loop(shared: &Shared, first: BoxedSource, mut reopen: Opener, options
         }
         shared.status.set_state(SourceState::Retrying);
         shared.status.restarts.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("frame source ended or stalled, reopening in {delay:?}");
+        passes += 1;
+        if !recording {
+            tracing::warn!("frame source ended or stalled, reopening in {delay:?}");
+        } else if passes == 2 {
+            tracing::info!(
+                "recording ended, looping it: later passes read the same frames again (same \
+                 names and records; set [policy] duplicate_distance to ledger them as duplicates)"
+            );
+        } else {
+            tracing::debug!(pass = passes, "recording ended, looping it");
+        }
         if !shared.pause(delay) {
             return;
         }

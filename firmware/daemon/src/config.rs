@@ -138,6 +138,10 @@ pub struct Config {
     /// Publish the summary lines to an MQTT broker too; none when absent.
     #[serde(default)]
     pub mqtt: Option<crate::mqtt::MqttConfig>,
+    /// The largest frame file a folder source decodes (`[decode]`); larger ones are ledgered
+    /// as errors.
+    #[serde(default)]
+    pub decode: crate::decode::DecodeLimits,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -165,7 +169,41 @@ impl Config {
         config.source.video.as_mut().map(resolve);
         config.roi.as_mut().map(resolve);
         config.mqtt.as_mut().and_then(|mqtt| mqtt.password_file.as_mut()).map(resolve);
+
+        // The file's own tables, named with the file: flags cannot change them.
+        let in_file = || format!("{}: invalid setting", path.display());
+        config.policy.policy_config().with_context(in_file)?;
+        config.policy.frame_interval_ms().with_context(in_file)?;
+        config.decode.validate().with_context(in_file)?;
         Ok(config)
+    }
+
+    /// Checks the input paths that are cheap to check, so that a wrong path is reported at
+    /// once rather than after the model has loaded: the frame folder lists images, a video
+    /// file (not a stream or camera) exists, the calibration and region-of-interest files
+    /// exist.
+    ///
+    /// # Errors
+    /// When one of them is missing, naming it.
+    pub fn check_inputs(&self) -> anyhow::Result<()> {
+        if let Some(folder) = &self.source.frames {
+            crate::source::FolderSource::open(folder)?;
+        }
+        if let Some(video) = &self.source.video
+            && !crate::source::is_stream_url(video)
+            && !crate::source::is_camera_device(video)
+            && !video.is_file()
+        {
+            bail!("expected a video file at {}, found none", video.display());
+        }
+        for (what, path) in [("calibration", &self.calibration), ("roi", &self.roi)] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                bail!("expected the {what} file {}, found none", path.display());
+            }
+        }
+        Ok(())
     }
 
     /// Checks the values that the file format cannot.
@@ -194,6 +232,7 @@ impl Config {
                 bail!("[mqtt] publishes summaries: expected [device] summary_interval, found none");
             }
         }
+        self.decode.validate()?;
         Ok(())
     }
 }

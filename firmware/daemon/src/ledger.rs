@@ -24,7 +24,9 @@ pub struct LedgerEntry {
     /// Why the frame was or was not kept: `kept`, `baseline` (random share, kept whatever its
     /// score), `below_threshold`, `duplicate`, `cooldown`, `budget` (its window was full of more
     /// uncertain frames), `spool_error` (to keep, but the spool could not store it),
-    /// `observe_only` (no calibration) or `error` (unreadable frame). A line with `evicted`
+    /// `observe_only` (no calibration), `non_finite` (more than 1% of its pixels have NaN or
+    /// infinite logits: passed to the policy as most uncertain; `kept` says whether a record
+    /// was stored) or `error` (unreadable frame). A line with `evicted`
     /// says that the record named in `record`, kept on an earlier line, was removed: pushed out
     /// of its budget window by a more uncertain frame, or evicted to make room in the spool.
     pub reason: String,
@@ -50,7 +52,7 @@ pub struct LedgerEntry {
     /// The record's folder name in the spool, when kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
-    /// What went wrong, for a frame that failed.
+    /// What went wrong, for a frame that failed or whose logits were non-finite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

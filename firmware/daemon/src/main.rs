@@ -1,8 +1,9 @@
 //! `qualmd`: runs the segmentation model on every frame, keeps the uncertain ones.
 //!
 //! Exit codes: 0 when the source was processed to its end or a SIGTERM/SIGINT drained the run
-//! (bad frames are skipped, not fatal), 1 when start-up failed or the ledger could not be
-//! written, 2 for usage errors. A second SIGTERM/SIGINT during the drain exits with 1 at once.
+//! (bad frames are skipped, not fatal), 1 when start-up failed (another qualmd holding the
+//! spool's lock included) or the ledger could not be written, 2 for usage errors. A second
+//! SIGTERM/SIGINT during the drain exits with 1 at once.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +104,7 @@ impl Args {
                 policy: Default::default(),
                 device: DeviceConfig::default(),
                 mqtt: None,
+                decode: Default::default(),
             },
         };
 
@@ -142,6 +144,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config()?;
     // Handlers first: a SIGTERM while the model loads still ends the run cleanly.
     let signals = Signals::install()?;
+    // Before anything slow: a wrong path, or a second qualmd on this spool, stops here. The
+    // lock is held until the run ends.
+    config.check_inputs()?;
+    let _spool_lock = qualm_daemon::lock::lock_spool(&config.spool)?;
     // Device outputs before the model: a missing GPIO chip fails fast.
     let summary_interval = config.device.summary_interval()?;
     let mut light = match &config.device.status_gpio {
@@ -198,13 +204,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let summary = outcome.frames;
     println!(
         "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \
-         {:.1} frames/s{}; records in {}, ledger {}",
+         {} non-finite, {:.1} frames/s{}; records in {}, ledger {}",
         summary.frames,
         summary.kept,
         summary.evicted,
         summary.spool_errors,
         summary.failed,
         outcome.dropped,
+        summary.non_finite,
         summary.frames_per_second(),
         if outcome.signalled { ", stopped by signal" } else { "" },
         daemon.spool_folder().display(),

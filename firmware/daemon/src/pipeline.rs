@@ -17,6 +17,7 @@ use crate::calibration::Calibration;
 use crate::config::{BUDGET_CAPACITY, Config};
 use crate::ledger::{Ledger, LedgerEntry};
 use crate::model::SegmentationModel;
+use crate::nonfinite::{self, NONFINITE_REASON};
 use crate::perceptual::difference_hash;
 use crate::source::{BadFrame, FolderSource, Frame, FrameSource, VideoSource};
 use crate::spool::{RecordFile, RecordRank, Spool, SpoolLimits, Victim};
@@ -37,6 +38,9 @@ pub struct Summary {
     pub spool_errors: u64,
     /// Frames that could not be read or scored.
     pub failed: u64,
+    /// Frames whose logits were mostly non-finite (ledgered as `non_finite`; those stored are
+    /// also counted in `kept`).
+    pub non_finite: u64,
     /// Wall-clock seconds of the frame loop.
     pub seconds: f64,
 }
@@ -74,7 +78,7 @@ struct RecordMeta<'a> {
 /// When the folder or video cannot be opened.
 pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource + Send>> {
     match (&config.source.frames, &config.source.video) {
-        (Some(folder), _) => Ok(Box::new(FolderSource::open(folder)?)),
+        (Some(folder), _) => Ok(Box::new(FolderSource::open(folder)?.with_limits(config.decode))),
         (None, Some(video)) => Ok(Box::new(VideoSource::open(video)?)),
         (None, None) => {
             anyhow::bail!("expected a frame source (frames folder or video), found none")
@@ -345,6 +349,13 @@ impl Daemon {
             stats: Some(stats),
             ..self.entry(frame.id.clone(), frame.origin.clone(), "observe_only")
         };
+        let non_finite = nonfinite::is_nonfinite(&stats);
+        if non_finite {
+            tracing::warn!(frame = %frame.id, "{}", nonfinite::describe(&stats));
+            summary.non_finite += 1;
+            entry.reason = NONFINITE_REASON.into();
+            entry.error = Some(nonfinite::describe(&stats));
+        }
         let Some(rules) = self.rules else {
             self.ledger.append(&entry)?;
             return Ok(entry);
@@ -353,14 +364,22 @@ impl Daemon {
         let first = rules.as_slice()[0];
         entry.statistic = Some(first.statistic);
         entry.threshold = Some(first.threshold);
-        let passes = rules.passes(&stats);
-        let priority = rules.priority(&stats);
+        let (passes, priority) = nonfinite::policy_input(&rules, &stats);
         // Hashed and ledgered even without duplicate suppression, so `qualm replay` can try it.
         // Hashed on every frame, checked or not, so `qualm replay` can try duplicate settings.
         let hash = difference_hash(&frame.image);
         entry.perceptual_hash = Some(format!("{hash:016x}"));
         let outcome = self.policy.decide(time_ms, passes, priority, Some(hash));
-        entry.reason = outcome.verdict.as_str().into();
+        if !non_finite {
+            entry.reason = outcome.verdict.as_str().into();
+        } else if !outcome.verdict.is_kept() {
+            // The reason stays `non_finite`; the policy's refusal is told beside it.
+            entry.error = Some(format!(
+                "{}; not stored: {}",
+                nonfinite::describe(&stats),
+                outcome.verdict.as_str()
+            ));
+        }
 
         if outcome.window_closed {
             self.finalize_pending();
@@ -420,6 +439,9 @@ impl Daemon {
 
     fn keep_reason(&self, stats: &FrameStats, verdict: Verdict) -> String {
         let Some(rules) = &self.rules else { return verdict.as_str().into() };
+        if nonfinite::is_nonfinite(stats) {
+            return nonfinite::describe(stats);
+        }
         if verdict == Verdict::Baseline {
             return "random baseline sample".into();
         }

@@ -9,6 +9,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use anyhow::{Context, bail};
 use image::RgbImage;
 
+use crate::decode::{DecodeLimits, decode_frame};
+
 /// One decoded frame.
 #[derive(Debug)]
 pub struct Frame {
@@ -38,6 +40,7 @@ impl<T: Iterator<Item = Result<Frame, BadFrame>>> FrameSource for T {}
 #[derive(Debug)]
 pub struct FolderSource {
     files: std::vec::IntoIter<PathBuf>,
+    limits: DecodeLimits,
 }
 
 impl FolderSource {
@@ -60,7 +63,12 @@ impl FolderSource {
             bail!("expected .jpg, .jpeg or .png files in {}, found none", folder.display());
         }
         files.sort();
-        Ok(Self { files: files.into_iter() })
+        Ok(Self { files: files.into_iter(), limits: DecodeLimits::default() })
+    }
+
+    /// Decodes frames within `limits` instead of the default ones.
+    pub fn with_limits(self, limits: DecodeLimits) -> Self {
+        Self { limits, ..self }
     }
 }
 
@@ -70,12 +78,8 @@ impl Iterator for FolderSource {
     fn next(&mut self) -> Option<Self::Item> {
         let path = self.files.next()?;
         let id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let decoded = image::open(&path)
-            .with_context(|| format!("cannot decode frame {} as an image", path.display()));
-        Some(match decoded {
-            Ok(image) => {
-                Ok(Frame { id, origin: path.display().to_string(), image: image.to_rgb8() })
-            }
+        Some(match decode_frame(&path, self.limits) {
+            Ok(image) => Ok(Frame { id, origin: path.display().to_string(), image }),
             Err(error) => Err(BadFrame { id, error }),
         })
     }

@@ -100,7 +100,10 @@ fn ledger_records(entries: &[LedgerEntry]) -> BTreeSet<String> {
 /// Names of the spool's entries.
 fn spool_names(dir: &Path) -> BTreeSet<String> {
     match fs::read_dir(dir.join("spool")) {
-        Ok(entries) => entries.map(|e| e.unwrap().file_name().into_string().unwrap()).collect(),
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != qualm_daemon::lock::LOCK_FILE)
+            .collect(),
         Err(_) => BTreeSet::new(),
     }
 }
