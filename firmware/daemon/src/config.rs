@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use qualm_core::policy::{Budget, PolicyConfig};
 use serde::Deserialize;
 
+use crate::uplink::UplinkConfig;
+
 /// Most records a budget window holds (the policy's fixed candidate capacity).
 pub const BUDGET_CAPACITY: usize = 64;
 
@@ -85,7 +87,6 @@ fn millis(key: &str, text: &str) -> anyhow::Result<u64> {
     u64::try_from(duration.as_millis())
         .with_context(|| format!("policy: {key} {text:?} is too long"))
 }
-
 /// Where frames come from.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +136,9 @@ pub struct Config {
     /// How qualmd runs on the camera: capture queue, source restarts, metrics endpoint.
     #[serde(default)]
     pub device: crate::service::DeviceConfig,
+    /// Where kept records are sent (the `[uplink]` table); without it they stay in the spool.
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -161,6 +165,9 @@ impl Config {
         config.source.frames.as_mut().map(resolve);
         config.source.video.as_mut().map(resolve);
         config.roi.as_mut().map(resolve);
+        if let Some(uplink) = &mut config.uplink {
+            uplink.credentials_file.as_mut().map(resolve);
+        }
         Ok(config)
     }
 
@@ -183,6 +190,9 @@ impl Config {
         }
         self.policy.policy_config()?;
         self.policy.frame_interval_ms()?;
+        if let Some(uplink) = &self.uplink {
+            uplink.validate()?;
+        }
         Ok(())
     }
 }

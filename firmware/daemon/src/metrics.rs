@@ -1,5 +1,6 @@
 //! The Prometheus text endpoint: counters of frames seen, kept, dropped and failed, histograms
-//! of the frame scores and of inference time, the spool's size and the source's state.
+//! of the frame scores and of inference time, the spool's size, the source's state and the
+//! uplink's progress (records and bytes sent, failures, pending records, upload lag).
 //!
 //! Served by a plain std listener on its own thread (one request at a time: a scraper asks
 //! every few seconds), encoded by the `prometheus` crate's text encoder; no async runtime.
@@ -14,12 +15,51 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder, exponential_buckets,
-    linear_buckets,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder,
+    exponential_buckets, linear_buckets,
 };
 
 use crate::capture::CaptureStatus;
 use crate::ledger::LedgerEntry;
+use crate::uplink::UplinkStats;
+
+/// The uplink's metrics; they read 0 without an `[uplink]` table.
+struct UplinkMetrics {
+    records: IntCounter,
+    bytes: IntCounter,
+    failures: IntCounter,
+    pending: IntGauge,
+    lag_seconds: Gauge,
+    watched: Mutex<Option<Arc<UplinkStats>>>,
+}
+
+impl UplinkMetrics {
+    fn new(r: &Registry) -> anyhow::Result<Self> {
+        let lag = Gauge::new("qualmd_uplink_lag_seconds", "age of the oldest record not sent")
+            .context("metric qualmd_uplink_lag_seconds")?;
+        r.register(Box::new(lag.clone())).context("metric qualmd_uplink_lag_seconds")?;
+        Ok(Self {
+            records: counter(r, "qualmd_uplink_records_total", "records the server confirmed")?,
+            bytes: counter(r, "qualmd_uplink_bytes_total", "bytes of confirmed records")?,
+            failures: counter(r, "qualmd_uplink_failures_total", "failed upload passes")?,
+            pending: gauge(r, "qualmd_uplink_pending_records", "records waiting to be sent")?,
+            lag_seconds: lag,
+            watched: Mutex::new(None),
+        })
+    }
+
+    /// Copies the uplink thread's numbers in; counters only move forward.
+    fn update(&self) {
+        let Some(stats) = &*self.watched.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        self.records.inc_by(stats.records().saturating_sub(self.records.get()));
+        self.bytes.inc_by(stats.bytes().saturating_sub(self.bytes.get()));
+        self.failures.inc_by(stats.failures().saturating_sub(self.failures.get()));
+        self.pending.set(i64::try_from(stats.pending()).unwrap_or(i64::MAX));
+        self.lag_seconds.set(stats.lag(std::time::SystemTime::now()).as_secs_f64());
+    }
+}
 
 /// Every metric qualmd exports.
 pub struct Metrics {
@@ -38,6 +78,7 @@ pub struct Metrics {
     /// the counters of a whole number of frames.
     consistent: Mutex<()>,
     capture: Mutex<Option<Arc<CaptureStatus>>>,
+    uplink: UplinkMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -108,6 +149,7 @@ impl Metrics {
                 "model run time per frame",
                 seconds,
             )?,
+            uplink: UplinkMetrics::new(r)?,
             registry,
             consistent: Mutex::new(()),
             capture: Mutex::new(None),
@@ -121,6 +163,11 @@ impl Metrics {
     /// Reports the capture thread's counters from now on.
     pub fn watch_capture(&self, status: Arc<CaptureStatus>) {
         *self.capture.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Reports the uplink thread's numbers from now on.
+    pub fn watch_uplink(&self, stats: Arc<UplinkStats>) {
+        *self.uplink.watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
     /// Counts one frame from its ledger entry; `inference` is the model's run time for it.
@@ -150,6 +197,7 @@ impl Metrics {
             self.source_restarts.inc_by(restarts);
             self.source_state.set(status.state() as i64);
         }
+        self.uplink.update();
 
         let _consistent = self.lock();
         let mut text = String::new();
