@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use qualm_core::policy::{Budget, PolicyConfig};
 use serde::Deserialize;
 
+use crate::uplink::UplinkConfig;
+
 /// Most records a budget window holds (the policy's fixed candidate capacity).
 pub const BUDGET_CAPACITY: usize = 64;
 
@@ -85,7 +87,6 @@ fn millis(key: &str, text: &str) -> anyhow::Result<u64> {
     u64::try_from(duration.as_millis())
         .with_context(|| format!("policy: {key} {text:?} is too long"))
 }
-
 /// Where frames come from.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +143,9 @@ pub struct Config {
     /// as errors.
     #[serde(default)]
     pub decode: crate::decode::DecodeLimits,
+    /// Where kept records are sent (the `[uplink]` table); without it they stay in the spool.
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
 }
 
 fn default_jpeg_quality() -> u8 {
@@ -175,6 +179,9 @@ impl Config {
         config.policy.policy_config().with_context(in_file)?;
         config.policy.frame_interval_ms().with_context(in_file)?;
         config.decode.validate().with_context(in_file)?;
+        if let Some(uplink) = &mut config.uplink {
+            uplink.credentials_file.as_mut().map(resolve);
+        }
         Ok(config)
     }
 
@@ -233,6 +240,9 @@ impl Config {
             }
         }
         self.decode.validate()?;
+        if let Some(uplink) = &self.uplink {
+            uplink.validate()?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! qualmd's building blocks: model cards and tract inference, frame sources and the capture
-//! thread, calibration files, the spool and the ledger, metrics and service life. The `qualm`
-//! host tools link this library too, so a model is loaded, fed and scored the same way on the
-//! laptop and on the camera.
+//! thread, calibration files, the spool and the ledger, the uplink that sends records to a server,
+//! metrics and service life. The `qualm` host tools link this library too, so a model is loaded,
+//! fed and scored the same way on the laptop and on the camera.
 
 pub mod calibration;
 pub mod capture;
@@ -21,3 +21,4 @@ pub mod source;
 pub mod spool;
 pub mod status;
 pub mod summary;
+pub mod uplink;

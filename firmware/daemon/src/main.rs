@@ -21,6 +21,7 @@ use qualm_daemon::pipeline::Daemon;
 use qualm_daemon::service::{self, DeviceConfig, Outputs, ServiceContext, Signals};
 use qualm_daemon::status::{self, StatusIndicator, StatusLight, UplinkHealth};
 use qualm_daemon::summary::Summaries;
+use qualm_daemon::uplink::{Credentials, Uplink, UplinkHandle};
 
 /// Run a segmentation model on camera frames, score how unsure it is on each one, and keep the
 /// frames worth labeling as records in a spool folder. Every frame adds a line to the ledger.
@@ -31,7 +32,8 @@ use qualm_daemon::summary::Summaries;
 struct Args {
     /// Configuration file (TOML) with keys model, calibration, spool, ledger, max_frames,
     /// jpeg_quality, roi, spool_max_records, spool_max_bytes, a source table with frames or
-    /// video, and an optional policy table (budget, baseline, duplicates, cooldown; README).
+    /// video, an optional policy table (budget, baseline, duplicates, cooldown; README) and an
+    /// optional uplink table (S3 or HTTP PUT; README).
     #[arg(long, short)]
     config: Option<PathBuf>,
 
@@ -105,6 +107,7 @@ impl Args {
                 device: DeviceConfig::default(),
                 mqtt: None,
                 decode: Default::default(),
+                uplink: None,
             },
         };
 
@@ -150,12 +153,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _spool_lock = qualm_daemon::lock::lock_spool(&config.spool)?;
     // Device outputs before the model: a missing GPIO chip fails fast.
     let summary_interval = config.device.summary_interval()?;
+    // The uplink's settings and credentials are checked before the model loads; its thread
+    // starts once the spool is open (start-up finalizes and cleans records it would read).
+    let uplink = match &config.uplink {
+        Some(settings) => Some(Uplink::new(&config.spool, settings, Credentials::load(settings)?)?),
+        None => None,
+    };
     let mut light = match &config.device.status_gpio {
         Some(gpio) => {
-            // Healthy until an uplink says otherwise; nothing stores to it yet.
-            let uplink: UplinkHealth = Arc::new(AtomicBool::new(true));
+            // Without an uplink nothing stores to the flag and the light never shows it down.
+            let health: UplinkHealth =
+                uplink.as_ref().map_or_else(|| Arc::new(AtomicBool::new(true)), Uplink::health);
             let pulse = Duration::from_millis(gpio.pulse_ms);
-            Some(StatusLight::new(status::open_gpio(gpio)?, uplink, pulse))
+            Some(StatusLight::new(status::open_gpio(gpio)?, health, pulse))
         }
         None => None,
     };
@@ -165,6 +175,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut daemon = Daemon::new(&config)?;
     let capture = service::start_capture(&config)?;
+    let uplink = uplink.map(Uplink::spawn).transpose()?;
+    let waker = uplink.as_ref().map(UplinkHandle::waker);
 
     let metrics = match config.device.metrics {
         Some(address) => {
@@ -172,6 +184,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             metrics.watch_capture(capture.status());
             if let Some(publisher) = &publisher {
                 metrics.watch_mqtt(publisher.status());
+            }
+            if let Some(uplink) = &uplink {
+                metrics.watch_uplink(uplink.stats());
             }
             metrics::serve(address, Arc::clone(&metrics), config.spool.clone())?;
             Some(metrics)
@@ -195,12 +210,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     let outputs = Outputs {
         status: light.as_mut().map(|light| light as &mut dyn StatusIndicator),
         summaries: summaries.as_mut(),
+        uplink: waker.as_ref(),
     };
-    let outcome = service::serve(&mut daemon, &capture, &context, outputs)?;
+    let outcome = service::serve(&mut daemon, &capture, &context, outputs);
+
+    // A source that ended gets one last upload pass; a stop signal (or a failed run) abandons
+    // the record in flight, which stays in the spool for the next start.
+    if let Some(uplink) = uplink {
+        let drain = outcome.as_ref().is_ok_and(|outcome| !outcome.signalled);
+        uplink.stop(drain, || signals.stopping())?;
+    }
     // The last summary is in the ledger already; the broker gets a bounded chance at it.
     if let Some(publisher) = publisher {
         publisher.finish(Duration::from_secs(2));
     }
+    let outcome = outcome?;
     let summary = outcome.frames;
     println!(
         "qualmd: {} frames, {} kept, {} evicted, {} not stored, {} failed, {} dropped, \

@@ -1,5 +1,6 @@
 //! The Prometheus text endpoint: counters of frames seen, kept, dropped and failed, histograms
-//! of the frame scores and of inference time, the spool's size and the source's state.
+//! of the frame scores and of inference time, the spool's size, the source's state and the
+//! uplink's progress (records and bytes sent, failures, pending records, upload lag).
 //!
 //! Served by a plain std listener on its own thread (one request at a time: a scraper asks
 //! every few seconds), encoded by the `prometheus` crate's text encoder; no async runtime.
@@ -14,13 +15,52 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder, exponential_buckets,
-    linear_buckets,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder,
+    exponential_buckets, linear_buckets,
 };
 
 use crate::capture::CaptureStatus;
 use crate::ledger::LedgerEntry;
 use crate::mqtt::MqttStatus;
+use crate::uplink::UplinkStats;
+
+/// The uplink's metrics; they read 0 without an `[uplink]` table.
+struct UplinkMetrics {
+    records: IntCounter,
+    bytes: IntCounter,
+    failures: IntCounter,
+    pending: IntGauge,
+    lag_seconds: Gauge,
+    watched: Mutex<Option<Arc<UplinkStats>>>,
+}
+
+impl UplinkMetrics {
+    fn new(r: &Registry) -> anyhow::Result<Self> {
+        let lag = Gauge::new("qualmd_uplink_lag_seconds", "age of the oldest record not sent")
+            .context("metric qualmd_uplink_lag_seconds")?;
+        r.register(Box::new(lag.clone())).context("metric qualmd_uplink_lag_seconds")?;
+        Ok(Self {
+            records: counter(r, "qualmd_uplink_records_total", "records the server confirmed")?,
+            bytes: counter(r, "qualmd_uplink_bytes_total", "bytes of confirmed records")?,
+            failures: counter(r, "qualmd_uplink_failures_total", "failed upload passes")?,
+            pending: gauge(r, "qualmd_uplink_pending_records", "records waiting to be sent")?,
+            lag_seconds: lag,
+            watched: Mutex::new(None),
+        })
+    }
+
+    /// Copies the uplink thread's numbers in; counters only move forward.
+    fn update(&self) {
+        let Some(stats) = &*self.watched.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        self.records.inc_by(stats.records().saturating_sub(self.records.get()));
+        self.bytes.inc_by(stats.bytes().saturating_sub(self.bytes.get()));
+        self.failures.inc_by(stats.failures().saturating_sub(self.failures.get()));
+        self.pending.set(i64::try_from(stats.pending()).unwrap_or(i64::MAX));
+        self.lag_seconds.set(stats.lag(std::time::SystemTime::now()).as_secs_f64());
+    }
+}
 
 /// Every metric qualmd exports.
 pub struct Metrics {
@@ -44,6 +84,7 @@ pub struct Metrics {
     mqtt_dropped: IntCounter,
     mqtt_connected: IntGauge,
     mqtt: Mutex<Option<Arc<MqttStatus>>>,
+    uplink: UplinkMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +160,7 @@ impl Metrics {
             mqtt_dropped: counter(r, "qualmd_mqtt_dropped_total", "summaries dropped, queue full")?,
             mqtt_connected: gauge(r, "qualmd_mqtt_connected", "1 while connected to the broker")?,
             mqtt: Mutex::new(None),
+            uplink: UplinkMetrics::new(r)?,
             registry,
             consistent: Mutex::new(()),
             capture: Mutex::new(None),
@@ -137,6 +179,11 @@ impl Metrics {
     /// Reports the MQTT publisher's counters from now on.
     pub fn watch_mqtt(&self, status: Arc<MqttStatus>) {
         *self.mqtt.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    }
+
+    /// Reports the uplink thread's numbers from now on.
+    pub fn watch_uplink(&self, stats: Arc<UplinkStats>) {
+        *self.uplink.watched.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
     }
 
     /// Counts one frame from its ledger entry; `inference` is the model's run time for it.
@@ -173,6 +220,7 @@ impl Metrics {
             self.mqtt_dropped.inc_by(status.dropped().saturating_sub(self.mqtt_dropped.get()));
             self.mqtt_connected.set(i64::from(status.connected()));
         }
+        self.uplink.update();
 
         let _consistent = self.lock();
         let mut text = String::new();

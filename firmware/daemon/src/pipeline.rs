@@ -126,6 +126,9 @@ pub struct Daemon {
     pending: Vec<(u64, String)>,
     ledger: Ledger,
     jpeg_quality: u8,
+    /// Records made final (stored or finalized) since start; the service loop wakes the
+    /// uplink when it grows.
+    final_records: u64,
     /// Time of the last model run, for the metrics endpoint.
     last_inference: Duration,
 }
@@ -197,6 +200,7 @@ impl Daemon {
             pending: Vec::new(),
             ledger,
             jpeg_quality: config.jpeg_quality,
+            final_records: 0,
             last_inference: Duration::ZERO,
         })
     }
@@ -423,6 +427,8 @@ impl Daemon {
             Ok(key) => {
                 if pending {
                     self.pending.push((outcome.ticket, key.clone()));
+                } else {
+                    self.final_records += 1;
                 }
                 entry.kept = true;
                 entry.record = Some(key);
@@ -474,6 +480,9 @@ impl Daemon {
 
     /// Evicts records while the spool is over its limits.
     fn make_room(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
+        if let Some(spool) = &mut self.spool {
+            spool.forget_vanished();
+        }
         while let Some(victim) = self.spool.as_ref().and_then(Spool::next_victim) {
             self.pending.retain(|(_, key)| *key != victim.key);
             self.evict(victim, "quota", summary)?;
@@ -501,9 +510,10 @@ impl Daemon {
     fn finalize_pending(&mut self) {
         let Some(spool) = &mut self.spool else { return };
         for (_, key) in self.pending.drain(..) {
-            if let Err(error) = spool.finalize(&key) {
+            match spool.finalize(&key) {
+                Ok(()) => self.final_records += 1,
                 // Still complete and still pending: the next start finalizes it.
-                tracing::error!("cannot finalize record: {error:#}");
+                Err(error) => tracing::error!("cannot finalize record: {error:#}"),
             }
         }
     }
@@ -573,6 +583,11 @@ impl Daemon {
         };
         spool.store(&key, &frame.id, &files, rank, pending)?;
         Ok(key)
+    }
+
+    /// Records made final (ready for the uplink) since start.
+    pub fn final_records(&self) -> u64 {
+        self.final_records
     }
 
     /// The spool folder.

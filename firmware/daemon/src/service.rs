@@ -20,6 +20,7 @@ use crate::pipeline::{Daemon, Summary, open_source};
 use crate::source::{is_camera_device, is_stream_url};
 use crate::status::{StatusGpioConfig, StatusIndicator};
 use crate::summary::Summaries;
+use crate::uplink::UplinkWaker;
 
 /// The `[device]` table of the configuration: how qualmd runs on the camera.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -184,6 +185,8 @@ pub struct Outputs<'a> {
     pub status: Option<&'a mut dyn StatusIndicator>,
     /// Periodic summary lines.
     pub summaries: Option<&'a mut Summaries>,
+    /// The uplink, woken whenever a record became final.
+    pub uplink: Option<&'a UplinkWaker>,
 }
 
 impl std::fmt::Debug for Outputs<'_> {
@@ -191,6 +194,7 @@ impl std::fmt::Debug for Outputs<'_> {
         f.debug_struct("Outputs")
             .field("status", &self.status.is_some())
             .field("summaries", &self.summaries)
+            .field("uplink", &self.uplink.is_some())
             .finish()
     }
 }
@@ -225,6 +229,7 @@ pub fn serve(
     let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
     let mut last_ping = Instant::now();
     let capture_status = capture.status();
+    let mut final_records = daemon.final_records();
     notify(NotifyState::Ready);
 
     // The poll timeout bounds how late a signal or watchdog ping is when no frame comes.
@@ -261,6 +266,11 @@ pub fn serve(
         }
         if let Some(metrics) = context.metrics {
             metrics.record(&entry, daemon.last_inference());
+        }
+        // A channel send: never waits on the network.
+        if let Some(uplink) = outputs.uplink.filter(|_| daemon.final_records() != final_records) {
+            final_records = daemon.final_records();
+            uplink.wake();
         }
     }
 

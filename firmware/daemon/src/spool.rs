@@ -297,6 +297,26 @@ impl Spool {
         sync_folder(&self.folder)
     }
 
+    /// Forgets records whose folder is gone, while the spool is over a limit: the uplink
+    /// removes the records it sent, and they must neither count against the limits nor be
+    /// ledgered as evicted. Returns how many were forgotten.
+    pub fn forget_vanished(&mut self) -> usize {
+        let over_records = self.limits.max_records.is_some_and(|m| self.records.len() as u64 > m);
+        let over_bytes = self.limits.max_bytes.is_some_and(|m| self.bytes > m);
+        if !(over_records || over_bytes) {
+            return 0;
+        }
+        let before = self.records.len();
+        let gone: Vec<bool> = self.records.iter().map(|e| !self.path_of(e).is_dir()).collect();
+        let mut index = 0;
+        self.records.retain(|_| {
+            index += 1;
+            !gone[index - 1]
+        });
+        self.bytes = self.records.iter().map(|e| e.bytes).sum();
+        before - self.records.len()
+    }
+
     /// The record to evict next while the spool is over a limit, or `None` within its limits.
     /// Order: records the uplink confirmed first, then the least uncertain, baseline records
     /// last; among equals the oldest.
@@ -525,6 +545,23 @@ mod tests {
         }
         assert_eq!(order, ["sent", "sure", "unsure"]);
         assert!(dir.path().join("random").is_dir() && !dir.path().join("sure").exists());
+    }
+
+    #[test]
+    fn records_the_uplink_removed_are_forgotten_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits { max_records: Some(2), max_bytes: None };
+        let mut spool = Spool::open(dir.path(), limits).unwrap();
+        for (frame, priority) in [("a", 0.1), ("b", 0.2), ("c", 0.3)] {
+            put(&mut spool, frame, priority, false, false);
+        }
+        // Three records over a limit of two: the folder the uplink deleted ("a") is forgotten,
+        // not ledgered as evicted, and no record that is still there has to go.
+        let sent = dir.path().join(&spool.records[0].key);
+        fs::remove_dir_all(&sent).unwrap();
+        assert_eq!(spool.forget_vanished(), 1);
+        assert_eq!((spool.len(), spool.next_victim()), (2, None));
+        assert_eq!(spool.forget_vanished(), 0);
     }
 
     #[test]
