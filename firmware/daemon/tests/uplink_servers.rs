@@ -1,11 +1,12 @@
 //! The uplink against real servers on 127.0.0.1: nginx with WebDAV `PUT` (plain HTTP sink) and
-//! moto's S3 server (S3 sink). Each test starts its own server on a free port with a temporary
+//! `s3s-fs`, an S3 server that checks every SigV4 signature (S3 sink). Each test starts its own
+//! server on a free port with a temporary
 //! configuration. Records must arrive exactly once and byte-identical through outages, a
 //! fault-injecting proxy (500s, hangs, connections cut mid-body, answers lost), and `kill -9`.
 //!
 //! A missing server binary skips a test with a loud message, unless `QUALM_REQUIRE_SERVERS` is
 //! set (`.ci/run` sets it), which turns the skip into a failure. `QUALM_NGINX` and
-//! `QUALM_MOTO_SERVER` name the binaries when they are not on `PATH`.
+//! `QUALM_S3S_FS` name the binaries when they are not on `PATH`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -111,10 +112,14 @@ fn start_nginx(nginx: &Path, work: &Path, root: &Path, port: u16) -> Server {
     server
 }
 
-/// moto's S3 server on `port`, with the test bucket created.
-fn start_moto(moto: &Path, port: u16) -> Server {
-    let child = Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+/// `s3s-fs` storing into `root` on `port`, with the test bucket created. It accepts only
+/// requests signed with the test key pair.
+fn start_s3(s3s_fs: &Path, root: &Path, port: u16) -> Server {
+    fs::create_dir_all(root).unwrap();
+    let child = Command::new(s3s_fs)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -507,10 +512,10 @@ fn http_faults_are_retried_without_loss_or_duplicates() {
 
 #[test]
 fn s3_records_arrive_once_through_faults_and_an_outage() {
-    let Some(moto) = server_binary("QUALM_MOTO_SERVER", &["moto_server"]) else { return };
+    let Some(s3s_fs) = server_binary("QUALM_S3S_FS", &["s3s-fs"]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let (spool, port) = (dir.path().join("spool"), free_port());
-    let _server = start_moto(&moto, port);
+    let _server = start_s3(&s3s_fs, &dir.path().join("s3"), port);
     let proxy = FaultProxy::start(port);
 
     // The outage first: nothing gets through, nothing leaves the spool.
@@ -538,10 +543,10 @@ fn s3_records_arrive_once_through_faults_and_an_outage() {
 
 #[test]
 fn s3_keeps_records_marked_when_asked_not_to_delete() {
-    let Some(moto) = server_binary("QUALM_MOTO_SERVER", &["moto_server"]) else { return };
+    let Some(s3s_fs) = server_binary("QUALM_S3S_FS", &["s3s-fs"]) else { return };
     let dir = tempfile::tempdir().unwrap();
     let (spool, port) = (dir.path().join("spool"), free_port());
-    let _server = start_moto(&moto, port);
+    let _server = start_s3(&s3s_fs, &dir.path().join("s3"), port);
     let expected = make_records(&spool, 0, 3, 10_000);
 
     let mut config = test_config(SinkKind::S3, &format!("http://127.0.0.1:{port}"));
@@ -558,6 +563,33 @@ fn s3_keeps_records_marked_when_asked_not_to_delete() {
     }
     assert_eq!(uplink.upload_pending().unwrap().records, 0);
     assert_same_objects(&s3_objects(port), &expected);
+}
+
+#[test]
+fn s3_refuses_a_wrong_secret_and_the_records_stay_pending() {
+    let Some(s3s_fs) = server_binary("QUALM_S3S_FS", &["s3s-fs"]) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, port) = (dir.path().join("spool"), free_port());
+    let _server = start_s3(&s3s_fs, &dir.path().join("s3"), port);
+    make_records(&spool, 0, 2, 5_000);
+
+    // The right key id with a wrong secret: the signature cannot match.
+    let config = test_config(SinkKind::S3, &format!("http://127.0.0.1:{port}"));
+    let wrong = Credentials {
+        access_key_id: Some(Secret::new(ACCESS_KEY)),
+        secret_access_key: Some(Secret::new("not-the-secret")),
+        token: None,
+    };
+    let mut uplink = Uplink::new(&spool, &config, wrong).unwrap();
+    let error = uplink.upload_pending().unwrap_err().to_string();
+    assert!(error.contains("403"), "expected a 403 from the server, found: {error}");
+
+    // Nothing marked, nothing stored; with the right secret both records go.
+    assert_eq!(records_left(&spool), 2);
+    assert!(s3_objects(port).is_empty());
+    let mut uplink = Uplink::new(&spool, &config, s3_credentials()).unwrap();
+    assert_eq!(uplink.upload_pending().unwrap().records, 2);
+    assert_eq!(s3_objects(port).len(), 8);
 }
 
 /// Where the child uplink of the kill test reads its spool and server.
