@@ -64,10 +64,12 @@ say "benchmark models into $models"
 say "build (bench profile = release settings): the floor bench, the statistics bench, qualmd"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 bench_binary() { # bench_binary NAME [cargo flags] -> path of the bench executable it built
+    # (by target name: when qualmd was relinked too, its artifact can come last)
     cargo bench -q -p qualm-daemon --bench "$1" --no-run --message-format=json "${@:2}" \
         | "$python" -c 'import json, sys
 print([m["executable"] for m in map(json.loads, sys.stdin)
-       if m.get("reason") == "compiler-artifact" and m.get("executable")][-1])'
+       if m.get("reason") == "compiler-artifact" and m.get("executable")
+       and m["target"]["name"] == sys.argv[1]][-1])' "$1"
 }
 floor_bin=$(bench_binary tract_floor)
 stats_bin=$(bench_binary stats_after_inference)

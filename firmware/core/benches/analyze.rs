@@ -2,7 +2,8 @@
 //! logits, score them with [`score_logits`] (the platform `exp` / `ln`), add to four sums.
 //!
 //! Throughput is reported in pixel-classes (`H * W * C` elements): ns per pixel-class is
-//! `1000 / (Melem/s)`. For CHW f32 logits, C = 2, 21, 150, at 256 x 256 and 512 x 512.
+//! `1000 / (Melem/s)`. For CHW f32 logits, C = 2, 21, 150, at 256 x 256 and 512 x 512, and
+//! for one sigmoid logit per pixel (two classes, the selfie model's output).
 //! The numbers are of the statistics alone; relative to an inference they must be measured
 //! right after one on the same thread (AVX-SSE transition), which the daemon's bench does.
 
@@ -70,6 +71,18 @@ fn bench(criterion: &mut Criterion) {
                 b.iter(|| analyze(black_box(&map), &config, maps.as_maps()).unwrap())
             });
         }
+        // The shipped selfie model's output: one sigmoid logit per pixel (two classes), here
+        // the difference of a two-class map's logits.
+        let pair = logits(2, size, size);
+        let (background, person) = pair.split_at(size * size);
+        let data: Vec<f32> = person.iter().zip(background).map(|(p, b)| p - b).collect();
+        let map = OutputMap::try_new(&data, 1, size, size, Layout::Chw, OutputKind::SigmoidLogit)
+            .unwrap();
+        let mut maps = OwnedFrameMaps::new(size * size);
+        group.throughput(Throughput::Elements((2 * size * size) as u64));
+        group.bench_function(BenchmarkId::new("analyze_sigmoid", 2), |b| {
+            b.iter(|| analyze(black_box(&map), &config, maps.as_maps()).unwrap())
+        });
         group.finish();
     }
 }

@@ -115,24 +115,34 @@ pub(crate) fn link_segments(
 
             // Whether an earlier neighbour is in p's segment: included and of p's class.
             let class = classes[p];
-            let joins = |q: usize| labels[q] != NO_SEGMENT && classes[q] == class;
-            let up = (y > 0).then(|| p - width);
-            let left = (x > 0).then(|| p - 1).filter(|&q| joins(q));
-            let up_left = up.filter(|_| x > 0).map(|q| q - 1).filter(|&q| joins(q));
-            let up_right = up.filter(|_| x + 1 < width).map(|q| q + 1).filter(|&q| joins(q));
+            let joins = |labels: &[u32], q: usize| labels[q] != NO_SEGMENT && classes[q] == class;
 
-            // Decision tree: the up neighbour already shares a tree with every other earlier
-            // neighbour of the same class (each touches it), and so does the left one with the
-            // up-left one; only left or up-left with up-right may still need a union.
-            labels[p] = match (up.filter(|&q| joins(q)), left.or(up_left), up_right) {
-                (Some(q), _, _) => q as u32,
-                (None, Some(q), Some(r)) => {
+            // The up neighbour touches every other earlier neighbour, so when it joins it
+            // already shares a tree with all of them: the common case, decided first and alone.
+            if y > 0 && joins(labels, p - width) {
+                labels[p] = (p - width) as u32;
+                continue;
+            }
+
+            // Otherwise the left (or, failing it, the up-left) neighbour and the up-right one
+            // may belong to different trees that p now joins.
+            let left = if x > 0 && joins(labels, p - 1) {
+                Some(p - 1)
+            } else if y > 0 && x > 0 && joins(labels, p - width - 1) {
+                Some(p - width - 1)
+            } else {
+                None
+            };
+            let up_right = y > 0 && x + 1 < width && joins(labels, p - width + 1);
+            labels[p] = match (left, up_right) {
+                (Some(q), true) => {
                     labels[p] = q as u32;
-                    union(labels, q, r);
+                    union(labels, q, p - width + 1);
                     labels[p]
                 }
-                (None, Some(q), None) | (None, None, Some(q)) => q as u32,
-                (None, None, None) => p as u32,
+                (Some(q), false) => q as u32,
+                (None, true) => (p - width + 1) as u32,
+                (None, false) => p as u32,
             };
         }
     }
