@@ -137,7 +137,8 @@ import json, re, sys
 name, card, run, uplink = sys.argv[1:]
 summary = open(f"{run}/stdout").read()
 timing = open(f"{run}/time").read()
-m = re.search(r"qualmd: (\d+) frames, (\d+) kept, (\d+) failed, ([\d.]+) frames/s", summary)
+# "qualmd: N frames, K kept, ..., F failed, ..., R frames/s": the counts in between may grow.
+m = re.search(r"qualmd: (\d+) frames, (\d+) kept, .*?(\d+) failed, .*?([\d.]+) frames/s", summary)
 rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", timing)
 if not m or not rss:
     raise SystemExit(f"bench/run.sh: expected qualmd's summary line in {run}/stdout and GNU time's "
