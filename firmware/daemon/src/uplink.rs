@@ -459,10 +459,13 @@ impl Sink {
                     (Some(key), Some(secret)) => {
                         Some(rusty_s3::Credentials::new(key.expose(), secret.expose()))
                     }
-                    (None, None) => {
-                        tracing::warn!("uplink: no S3 credentials found, requests are unsigned");
-                        None
-                    }
+                    // Unsigned requests would be refused on every retry while the spool fills:
+                    // refuse to start instead.
+                    (None, None) => bail!(
+                        "uplink: the s3 sink expected an access key id and a secret access key \
+                         (credentials_file, {ENV_ACCESS_KEY_ID} and {ENV_SECRET_ACCESS_KEY}, or \
+                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), found none"
+                    ),
                     _ => bail!(
                         "uplink: expected both an S3 access key id and a secret access key, \
                          found only one"
@@ -1166,6 +1169,14 @@ mod tests {
         let config = UplinkConfig::new(SinkKind::Http, "http://127.0.0.1:1/in");
         let uplink = Uplink::new(Path::new("spool"), &config, credentials).unwrap();
         assert!(!format!("{uplink:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn an_s3_sink_without_credentials_does_not_start() {
+        let mut config = UplinkConfig::new(SinkKind::S3, "http://127.0.0.1:1");
+        config.bucket = Some("frames".into());
+        let error = Uplink::new(Path::new("spool"), &config, Credentials::default()).unwrap_err();
+        assert!(error.to_string().contains("found none"), "{error}");
     }
 
     #[test]
