@@ -30,6 +30,8 @@ use mqttbytes::QoS;
 use mqttbytes::v4::{self, ConnectReturnCode, Packet};
 use serde::Deserialize;
 
+use crate::uplink::Backoff;
+
 /// Longest packet accepted from the broker; it only sends acknowledgements to a publisher.
 const MAX_INCOMING_PACKET: usize = 64 * 1024;
 
@@ -457,7 +459,7 @@ impl MqttPublisher {
 /// The publisher thread: connect, publish the queue in order, ping while idle, reconnect.
 fn publish_loop(shared: &Shared, settings: &MqttSettings) {
     let status = &shared.status;
-    let mut backoff = settings.retry_initial;
+    let mut backoff = Backoff::new(settings.retry_initial, settings.retry_max);
     let mut outage_logged = false;
     let mut session: Option<Session> = None;
 
@@ -471,19 +473,18 @@ fn publish_loop(shared: &Shared, settings: &MqttSettings) {
                 Ok(opened) => {
                     tracing::info!("mqtt: connected to {}", settings.broker);
                     status.connected.store(true, Ordering::Relaxed);
-                    backoff = settings.retry_initial;
+                    backoff.reset();
                     outage_logged = false;
                     session = Some(opened);
                 }
                 Err(error) => {
                     status.failures.fetch_add(1, Ordering::Relaxed);
-                    let wait = with_jitter(backoff);
+                    let wait = backoff.next_wait();
                     if !outage_logged {
                         tracing::warn!("mqtt: cannot connect to {}: {error:#}", settings.broker);
                         outage_logged = true;
                     }
                     tracing::debug!("mqtt: next connect in {wait:?}: {error:#}");
-                    backoff = (backoff * 2).min(settings.retry_max);
                     let wait = shared
                         .stop_at()
                         .map_or(wait, |at| wait.min(at.saturating_duration_since(Instant::now())));
@@ -528,12 +529,6 @@ fn io_timeout(shared: &Shared) -> Duration {
         shared.stop_at().map_or(IO_TIMEOUT, |at| at.saturating_duration_since(Instant::now()));
     // A zero timeout means "none" to the socket calls.
     left.clamp(Duration::from_millis(1), IO_TIMEOUT)
-}
-
-/// `wait` scaled by a random factor in [0.5, 1): brokers that come back are not hit by every
-/// camera at the same instant.
-fn with_jitter(wait: Duration) -> Duration {
-    wait.mul_f64(0.5 + 0.5 * fastrand::f64())
 }
 
 /// One open connection to the broker.

@@ -173,7 +173,8 @@ impl UplinkConfig {
         let prefix = self.prefix.trim_matches('/');
         if !prefix.is_empty() && !prefix.split('/').all(is_safe_name) {
             bail!(
-                "uplink: expected prefix of letters, digits, '-', '_', '.' and inner '/', found {:?}",
+                "uplink: expected prefix of letters, digits, '-', '_', '.' and inner '/', \
+                 found {:?}",
                 self.prefix
             );
         }
@@ -668,7 +669,10 @@ fn record_files(folder: &Path) -> Result<Option<Vec<String>>, UploadError> {
             continue;
         }
         if !is_safe_name(&name) {
-            tracing::warn!(file = %entry.path().display(), "uplink: skipping a file whose name cannot be an object key");
+            tracing::warn!(
+                file = %entry.path().display(),
+                "uplink: skipping a file whose name cannot be an object key"
+            );
             continue;
         }
         files.push(name);
@@ -752,7 +756,10 @@ impl Uplink {
                 continue;
             }
             if !is_safe_name(&name) {
-                tracing::warn!(record = %entry.path().display(), "uplink: skipping a record whose name cannot be an object key");
+                tracing::warn!(
+                    record = %entry.path().display(),
+                    "uplink: skipping a record whose name cannot be an object key"
+                );
                 continue;
             }
             let uploaded = entry.path().join(UPLOADED_MARKER).exists();
@@ -969,7 +976,11 @@ impl Uplink {
                     if stopping {
                         tracing::warn!(%error, "uplink: stopping with records left in the spool");
                     } else {
-                        tracing::warn!(%error, retry_in = ?wait, "uplink: upload failed, will retry");
+                        tracing::warn!(
+                            %error,
+                            retry_in = ?wait,
+                            "uplink: upload failed, will retry"
+                        );
                     }
                     (wait, true)
                 }
