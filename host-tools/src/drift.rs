@@ -38,6 +38,25 @@ pub const PSI_MODERATE: f64 = 0.1;
 /// KS p-value below which a statistic has shifted.
 pub const KS_P_SHIFT: f64 = 0.01;
 
+/// The 0.999 quantile of the chi-square law with `PSI_BINS - 1 = 9` degrees of freedom.
+///
+/// Without any shift, `PSI / (1/n + 1/m)` (field size n, reference size m) tends to that law,
+/// so below some field size the PSI crosses [`PSI_SHIFT`] by chance alone (a third or more of
+/// 40-frame samples do). With few frames per bin (and empty bins counted as [`PSI_EPSILON`])
+/// the law's tail is heavier than the limit's: its 0.99 quantile let 2.5% of unshifted
+/// 98-frame fields cross in a simulation, the 0.999 quantile used here under 1%.
+/// See [`psi_min_frames`].
+pub const PSI_NULL_Q999: f64 = 27.877_164_871_256_568;
+
+/// Fewest field frames for which the PSI counts in the verdict against a reference of
+/// `reference_frames` frames: the smallest `n` with `PSI_NULL_Q999 * (1/n + 1/m) <=
+/// PSI_SHIFT`, so that an unshifted field crosses [`PSI_SHIFT`] in under 1% of samples.
+/// `None` when no field size is enough (a reference of 111 frames or fewer).
+pub fn psi_min_frames(reference_frames: u64) -> Option<u64> {
+    let room = PSI_SHIFT / PSI_NULL_Q999 - 1.0 / reference_frames.max(1) as f64;
+    (room > 0.0).then(|| (1.0 / room).ceil() as u64)
+}
+
 /// z of the two-sided 95% Wilson interval on the observed keep rate.
 const Z_95: f64 = 1.959_963_984_540_054;
 
@@ -227,18 +246,21 @@ pub struct StatisticDrift {
     pub ks: f64,
     /// Its asymptotic p-value.
     pub ks_p: f64,
+    /// Whether the field has enough frames for the PSI to count ([`psi_min_frames`]).
+    pub psi_counts: bool,
 }
 
 impl StatisticDrift {
-    /// Whether it crosses the shift rule: PSI above [`PSI_SHIFT`] or KS p below
-    /// [`KS_P_SHIFT`].
+    /// Whether it crosses the shift rule: PSI above [`PSI_SHIFT`] (when it counts) or KS p
+    /// below [`KS_P_SHIFT`].
     pub fn shifted(&self) -> bool {
-        self.psi.value > PSI_SHIFT || self.ks_p < KS_P_SHIFT
+        (self.psi_counts && self.psi.value > PSI_SHIFT) || self.ks_p < KS_P_SHIFT
     }
 
     /// The PSI level in words.
     pub fn psi_level(&self) -> &'static str {
         match self.psi.value {
+            _ if !self.psi_counts => "too few frames",
             v if v > PSI_SHIFT => "major shift",
             v if v > PSI_MODERATE => "moderate shift",
             _ => "stable",
@@ -264,13 +286,15 @@ pub fn compare(
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let ks = ks_distance(&values, &reference);
+    let field_frames = values.len() as u64;
     Some(StatisticDrift {
         statistic,
-        field_frames: values.len() as u64,
+        field_frames,
         means: (mean(&values), mean(&reference)),
         psi: psi(&reference, &values),
         ks,
-        ks_p: ks_p_value(ks, values.len() as u64, reference_frames.max(1)),
+        ks_p: ks_p_value(ks, field_frames, reference_frames.max(1)),
+        psi_counts: psi_min_frames(reference_frames).is_some_and(|min| field_frames >= min),
     })
 }
 
@@ -366,9 +390,10 @@ impl Drift {
 fn rule() -> String {
     format!(
         "a statistic has shifted when PSI > {PSI_SHIFT} (10 bins on the reference deciles, empty \
-         bins counted as {PSI_EPSILON}) or KS p < {KS_P_SHIFT} (asymptotic); the threshold no \
-         longer holds when the gate statistic has shifted or the calibrated keep rate lies \
-         outside the 95% Wilson interval of the observed one"
+         bins counted as {PSI_EPSILON}; counted only with enough field frames that an unshifted \
+         field crosses it in under 1% of samples) or KS p < {KS_P_SHIFT} (asymptotic); the \
+         threshold no longer holds when the gate statistic has shifted or the calibrated keep \
+         rate lies outside the 95% Wilson interval of the observed one"
     )
 }
 
@@ -482,6 +507,7 @@ fn to_json(drift: &Drift, args: &DriftArgs) -> Value {
                 "psi_edges": d.psi.edges,
                 "psi_reference_shares": d.psi.reference,
                 "psi_field_shares": d.psi.field,
+                "psi_counts": d.psi_counts,
                 "ks": d.ks,
                 "ks_p": d.ks_p,
                 "shifted": d.shifted(),
@@ -498,6 +524,7 @@ fn to_json(drift: &Drift, args: &DriftArgs) -> Value {
             "frames": drift.reference.frames,
             "kind": drift.reference.kind,
         },
+        "psi_min_frames": psi_min_frames(drift.reference.frames),
         "field_frames": drift.field_frames,
         "error_frames": drift.error_frames,
         "mismatched_settings": drift.mismatched_settings,
@@ -543,6 +570,17 @@ fn print(drift: &Drift, args: &DriftArgs) {
             d.ks,
             d.ks_p,
             d.psi_level()
+        );
+    }
+    if drift.statistics.iter().any(|d| !d.psi_counts) {
+        let min = psi_min_frames(drift.reference.frames);
+        println!(
+            "note: the PSI does not count with {} field frames (it needs {} against {} reference \
+             frames: with fewer, an unshifted field often crosses {PSI_SHIFT} by chance); the \
+             verdict rests on KS and the keep rate",
+            drift.field_frames,
+            min.map_or_else(|| "a larger reference".to_owned(), |m| format!("at least {m}")),
+            drift.reference.frames
         );
     }
     if drift.mismatched_settings > 0 {
@@ -609,6 +647,62 @@ mod tests {
         let expected = 2.0 * 0.4 * 5f64.ln() + 8.0 * (1e-4 - 0.1) * (1e-3f64).ln();
         assert!((result.value - expected).abs() < 1e-12, "{} vs {expected}", result.value);
         assert_eq!(psi(&reference, &reference).value, 0.0);
+    }
+
+    #[test]
+    fn psi_null_quantile_is_the_chi_square_one() {
+        // The chi-square density with 9 degrees of freedom, x^3.5 e^(-x/2) / (2^4.5 Γ(4.5)),
+        // Γ(4.5) = 3.5 · 2.5 · 1.5 · 0.5 · √π, integrated by Simpson's rule up to the constant
+        // (scipy's chi2.ppf(0.999, 9) gives the same digits).
+        let gamma = 3.5 * 2.5 * 1.5 * 0.5 * std::f64::consts::PI.sqrt();
+        let density = |x: f64| x.powf(3.5) * (-x / 2.0).exp() / (2f64.powf(4.5) * gamma);
+        let steps = 20_000;
+        let h = PSI_NULL_Q999 / steps as f64;
+        let inner: f64 =
+            (1..steps).map(|i| if i % 2 == 1 { 4.0 } else { 2.0 } * density(i as f64 * h)).sum();
+        let cdf = h / 3.0 * (density(0.0) + inner + density(PSI_NULL_Q999));
+        assert!((cdf - 0.999).abs() < 1e-9, "{cdf}");
+    }
+
+    #[test]
+    fn psi_min_frames_by_hand() {
+        // 27.877 (1/n + 1/795) <= 0.25: 1/n <= 0.0089679 - 0.0012579, n >= 129.7.
+        assert_eq!(psi_min_frames(795), Some(130));
+        // An endless reference: n >= 27.877 / 0.25 = 111.5.
+        assert_eq!(psi_min_frames(u64::MAX), Some(112));
+        // 1/111 = 0.009009 leaves no room.
+        assert_eq!(psi_min_frames(111), None);
+        assert_eq!(psi_min_frames(0), None);
+    }
+
+    #[test]
+    fn psi_crosses_by_chance_below_psi_min_frames_only() {
+        // Field and reference from the same uniform law: the share of fields whose PSI crosses
+        // PSI_SHIFT, for 40 frames and for psi_min_frames(795) frames.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut reference: Vec<f64> = (0..795).map(|_| uniform()).collect();
+        reference.sort_by(f64::total_cmp);
+        let min = psi_min_frames(795).unwrap() as usize;
+        let mut crossed = |n: usize| {
+            let trials = 2000;
+            let hits = (0..trials)
+                .filter(|_| {
+                    let mut field: Vec<f64> = (0..n).map(|_| uniform()).collect();
+                    field.sort_by(f64::total_cmp);
+                    psi(&reference, &field).value > PSI_SHIFT
+                })
+                .count();
+            hits as f64 / trials as f64
+        };
+        let (few, enough) = (crossed(40), crossed(min));
+        assert!(few > 0.3, "40 frames cross in {few} of samples");
+        assert!(enough < 0.01, "{min} frames cross in {enough} of samples");
     }
 
     #[test]

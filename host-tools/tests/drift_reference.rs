@@ -213,3 +213,35 @@ fn old_calibration_files_load_and_drift_asks_for_a_reference() {
     assert!(!output.status.success());
     assert!(stderr.contains("old.toml") && stderr.contains("--reference"), "{stderr}");
 }
+
+#[test]
+fn few_field_frames_rest_on_ks_and_the_keep_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference_ledger = write_ledger(&dir.path().join("reference.jsonl"), &frames(7, 500, 0.0));
+    let calibration = thresholds(dir.path(), &reference_ledger);
+
+    // 27.877 (1/n + 1/500) <= 0.25 needs n >= 143.5: 40 frames are too few for the PSI.
+    let mut crossed = 0;
+    for seed in 10..30 {
+        let few = write_ledger(&dir.path().join("few.jsonl"), &frames(seed, 40, 0.0));
+        let json = drift(&["--ledger", &few, "--calibration", &calibration]);
+        assert_eq!(json["psi_min_frames"], 144);
+        let entropy = &by_statistic(&json)["mean_entropy"];
+        assert_eq!(
+            (&entropy["psi_counts"], &entropy["psi_level"]),
+            (&false.into(), &"too few frames".into())
+        );
+        let ks_p = entropy["ks_p"].as_f64().unwrap();
+        assert_eq!(entropy["shifted"], ks_p < 0.01, "{entropy}");
+        crossed += usize::from(entropy["psi"].as_f64().unwrap() > 0.25);
+    }
+    // The rule matters: some of these unshifted 40-frame samples cross 0.25 by chance.
+    assert!(crossed > 0, "no 40-frame sample crossed PSI 0.25");
+
+    // A real shift still shows on 40 frames, through KS.
+    let shifted = write_ledger(&dir.path().join("shifted.jsonl"), &frames(31, 40, 0.1));
+    let json = drift(&["--ledger", &shifted, "--calibration", &calibration]);
+    let entropy = &by_statistic(&json)["mean_entropy"];
+    assert!(entropy["ks_p"].as_f64().unwrap() < 0.01, "{entropy}");
+    assert_eq!(json["threshold_holds"], false, "{json}");
+}
