@@ -49,11 +49,13 @@ impl PolicySettings {
     /// # Errors
     /// When a duration does not parse, or the budget is half given or out of range.
     pub fn policy_config(&self) -> anyhow::Result<PolicyConfig> {
-        let budget = match (self.budget_records, &self.budget_window) {
+        // A window that does not parse is reported first, whatever else is missing: the
+        // value the user wrote is the more useful thing to fix.
+        let window_ms =
+            self.budget_window.as_deref().map(|w| millis("budget_window", w)).transpose()?;
+        let budget = match (self.budget_records, window_ms) {
             (None, None) => None,
-            (Some(records), Some(window)) => {
-                Some(Budget { records, window_ms: millis("budget_window", window)? })
-            }
+            (Some(records), Some(window_ms)) => Some(Budget { records, window_ms }),
             (Some(_), None) => bail!("policy: expected budget_window with budget_records"),
             (None, Some(_)) => bail!("policy: expected budget_records with budget_window"),
         };
@@ -277,6 +279,8 @@ mod tests {
                 "budget_records from 1 to 64, found 65",
             ),
             ("budget_records = 1\nbudget_window = \"soon\"", "budget_window as a duration"),
+            ("budget_window = \"ten minutes\"", "budget_window as a duration"),
+            ("budget_window = \"10m\"", "expected budget_records with budget_window"),
             ("budget_records = 1\nbudget_window = \"0s\"", "budget_window of at least 1ms"),
             ("baseline_rate = 2.0", "baseline_rate in [0, 1], found 2"),
             ("cooldown = \"-1s\"", "cooldown as a duration"),
