@@ -79,7 +79,7 @@ struct RecordMeta<'a> {
 pub fn open_source(config: &Config) -> anyhow::Result<Box<dyn FrameSource + Send>> {
     match (&config.source.frames, &config.source.video) {
         (Some(folder), _) => Ok(Box::new(FolderSource::open(folder)?.with_limits(config.decode))),
-        (None, Some(video)) => Ok(Box::new(VideoSource::open(video)?)),
+        (None, Some(video)) => Ok(Box::new(VideoSource::open(video)?.with_limits(config.decode))),
         (None, None) => {
             anyhow::bail!("expected a frame source (frames folder or video), found none")
         }

@@ -136,6 +136,7 @@ pub struct VideoSource {
     stem: String,
     index: u64,
     done: bool,
+    limits: DecodeLimits,
 }
 
 impl VideoSource {
@@ -171,7 +172,15 @@ impl VideoSource {
             .context("cannot start ffmpeg to decode the video (is ffmpeg installed?)")?;
         let stdout = BufReader::new(child.stdout.take().context("ffmpeg gave no stdout")?);
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Self { child, stdout, path: path.to_path_buf(), stem, index: 0, done: false })
+        let limits = DecodeLimits::default();
+        Ok(Self { child, stdout, path: path.to_path_buf(), stem, index: 0, done: false, limits })
+    }
+
+    /// Refuses frames larger than `limits` instead of the default ones (checked on each
+    /// frame's header, before its pixels are allocated).
+    pub fn with_limits(mut self, limits: DecodeLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Reads one whitespace-separated PPM header token, skipping `#` comments.
@@ -209,6 +218,19 @@ impl VideoSource {
         let [width, height, max] = numbers;
         if max != 255 {
             bail!("expected 8-bit PPM frames from ffmpeg, found maximum value {max}");
+        }
+        // The header's size decides the allocation: check it before trusting it.
+        let bytes = u64::from(width) * u64::from(height) * 3;
+        let limits = self.limits;
+        if width > limits.max_width || height > limits.max_height || bytes > limits.max_alloc_bytes
+        {
+            bail!(
+                "expected a frame within {}x{} pixels and {} bytes, found {width}x{height} \
+                 ({bytes} bytes)",
+                limits.max_width,
+                limits.max_height,
+                limits.max_alloc_bytes
+            );
         }
 
         let mut pixels = vec![0u8; width as usize * height as usize * 3];
@@ -301,6 +323,31 @@ mod tests {
             }
         }
         assert!(source.next().is_none(), "one frame in the file");
+    }
+
+    #[test]
+    fn video_frames_beyond_the_limits_are_refused_before_allocation() {
+        // Two 8 x 4 grey frames: within 8 x 4 they decode, within 7 pixels of width not.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grey.gray");
+        fs::write(&path, [128u8; 2 * 8 * 4]).unwrap();
+        let args = ["-f", "rawvideo", "-pix_fmt", "gray", "-video_size", "8x4"];
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+
+        let fits = DecodeLimits { max_width: 8, max_height: 4, max_alloc_bytes: 96 };
+        let mut source = VideoSource::open_with(&path, &args).unwrap().with_limits(fits);
+        assert_eq!(source.next().unwrap().unwrap().image.dimensions(), (8, 4));
+
+        let narrow = DecodeLimits { max_width: 7, ..fits };
+        let mut source = VideoSource::open_with(&path, &args).unwrap().with_limits(narrow);
+        let error = format!("{:#}", source.next().unwrap().unwrap_err().error);
+        assert!(error.contains("within 7x4 pixels and 96 bytes, found 8x4 (96 bytes)"), "{error}");
+        assert!(error.contains("grey.gray"), "{error}");
+        assert!(source.next().is_none(), "the stream ends after a refused frame");
+
+        let small = DecodeLimits { max_alloc_bytes: 95, ..fits };
+        let mut source = VideoSource::open_with(&path, &args).unwrap().with_limits(small);
+        assert!(source.next().unwrap().is_err());
     }
 
     #[test]
