@@ -29,6 +29,7 @@ struct UplinkMetrics {
     records: IntCounter,
     bytes: IntCounter,
     failures: IntCounter,
+    refused: IntCounter,
     pending: IntGauge,
     lag_seconds: Gauge,
     watched: Mutex<Option<Arc<UplinkStats>>>,
@@ -43,6 +44,11 @@ impl UplinkMetrics {
             records: counter(r, "qualmd_uplink_records_total", "records the server confirmed")?,
             bytes: counter(r, "qualmd_uplink_bytes_total", "bytes of confirmed records")?,
             failures: counter(r, "qualmd_uplink_failures_total", "failed upload passes")?,
+            refused: counter(
+                r,
+                "qualmd_uplink_refused_records_total",
+                "records the server refused for good, skipped until restart",
+            )?,
             pending: gauge(r, "qualmd_uplink_pending_records", "records waiting to be sent")?,
             lag_seconds: lag,
             watched: Mutex::new(None),
@@ -57,6 +63,7 @@ impl UplinkMetrics {
         self.records.inc_by(stats.records().saturating_sub(self.records.get()));
         self.bytes.inc_by(stats.bytes().saturating_sub(self.bytes.get()));
         self.failures.inc_by(stats.failures().saturating_sub(self.failures.get()));
+        self.refused.inc_by(stats.refused().saturating_sub(self.refused.get()));
         self.pending.set(i64::try_from(stats.pending()).unwrap_or(i64::MAX));
         self.lag_seconds.set(stats.lag(std::time::SystemTime::now()).as_secs_f64());
     }

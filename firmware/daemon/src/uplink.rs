@@ -15,6 +15,7 @@
 //! records, and the uplink finds them by scanning the spool every `scan_interval_seconds` or
 //! when woken through an [`UplinkWaker`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -324,6 +325,7 @@ pub struct UplinkStats {
     records: AtomicU64,
     bytes: AtomicU64,
     failures: AtomicU64,
+    refused: AtomicU64,
     pending: AtomicU64,
     /// Modification time (Unix milliseconds) of the oldest record not yet sent; 0 for none.
     oldest_pending_ms: AtomicU64,
@@ -337,6 +339,7 @@ impl UplinkStats {
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             pending: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
@@ -357,6 +360,12 @@ impl UplinkStats {
     /// Failed passes (refused, timed out, cut off, non-2xx, spool errors) since start.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records skipped since start because the server refused them for good (see
+    /// [`refuses_the_record`]).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Records waiting in the spool, as of the last scan, less those sent since.
@@ -623,6 +632,18 @@ pub struct Uplink {
     /// bytes. A retry resumes after them; restarting the whole record would never finish one
     /// on a link that fails more often than every few requests.
     progress: Option<(String, Vec<String>, u64)>,
+    /// Records the server refused with a status that names the request itself (see
+    /// [`refuses_the_record`]): skipped until qualmd restarts, so that they do not hold up
+    /// the records after them or resend their bodies on every pass.
+    refused: BTreeSet<String>,
+}
+
+/// Whether an HTTP status refuses this one request rather than every upload: a bad or too
+/// large request (400, 411, 413, 414, 415, 422). Credentials (401, 403), a missing bucket or
+/// path (404, 405), timeouts and rate limits (408, 429) and server errors affect every record
+/// and end the pass instead.
+pub fn refuses_the_record(status: u16) -> bool {
+    matches!(status, 400 | 411 | 413 | 414 | 415 | 422)
 }
 
 /// Whether a record or file name is safe to use in an object key and URL unescaped.
@@ -716,6 +737,7 @@ impl Uplink {
             stats: Arc::new(UplinkStats::new()),
             abort: Arc::new(AtomicBool::new(false)),
             progress: None,
+            refused: BTreeSet::new(),
         })
     }
 
@@ -771,11 +793,13 @@ impl Uplink {
         Ok(keys)
     }
 
-    /// Uploads every pending record once, in name order; stops at the first failure.
+    /// Uploads every pending record once, in name order; stops at the first failure. A record
+    /// the server refuses for good ([`refuses_the_record`]) is skipped from then on, logged
+    /// and counted, and the pass goes on with the next one.
     ///
     /// # Errors
-    /// The first failure; the records before it are confirmed and marked, the one that failed
-    /// and those after it stay pending.
+    /// The first other failure; the records before it are confirmed and marked, the one that
+    /// failed and those after it stay pending.
     pub fn upload_pending(&mut self) -> Result<PassSummary, UploadError> {
         let keys = self.pending()?;
         // The oldest waiting record, by when its meta.json was written, gives the upload lag.
@@ -791,7 +815,26 @@ impl Uplink {
             if self.abort.load(Ordering::Relaxed) {
                 return Err(UploadError::Stopped { object: self.object_key(&key, "") });
             }
-            let sent = self.upload_record(&key)?;
+            if self.refused.contains(&key) {
+                continue;
+            }
+            let sent = match self.upload_record(&key) {
+                Err(UploadError::Status { object, status, body }) if refuses_the_record(status) => {
+                    tracing::warn!(
+                        record = key,
+                        object,
+                        status,
+                        body,
+                        "uplink: the server refuses this record; it stays in the spool and is \
+                         not sent again until qualmd restarts"
+                    );
+                    self.progress = None;
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    self.refused.insert(key);
+                    continue;
+                }
+                other => other?,
+            };
             self.stats.done(sent);
             if let Some(bytes) = sent {
                 summary.records += 1;

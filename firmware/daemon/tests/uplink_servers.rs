@@ -78,7 +78,7 @@ impl Drop for Server {
 }
 
 /// nginx serving `root` with WebDAV `PUT` on `port`, in the foreground, one process.
-fn start_nginx(nginx: &Path, work: &Path, root: &Path, port: u16) -> Server {
+fn start_nginx(nginx: &Path, work: &Path, root: &Path, port: u16, body_limit: &str) -> Server {
     fs::create_dir_all(root).unwrap();
     let conf = work.join("nginx.conf");
     let temp = work.join("nginx-temp");
@@ -89,7 +89,8 @@ fn start_nginx(nginx: &Path, work: &Path, root: &Path, port: u16) -> Server {
          http {{\n  access_log off;\n  client_body_temp_path {temp}/body;\n\
          proxy_temp_path {temp}/proxy;\n  fastcgi_temp_path {temp}/fastcgi;\n\
          uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n\
-         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n    client_max_body_size 0;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {root};\n\
+         client_max_body_size {body_limit};\n\
          location / {{ dav_methods PUT; create_full_put_path on; }}\n  }}\n}}\n",
         work = work.display(),
         temp = temp.display(),
@@ -149,6 +150,8 @@ struct WebDav {
     port: u16,
     nginx: PathBuf,
     server: Option<Server>,
+    /// nginx's `client_max_body_size`: "0" for no limit.
+    body_limit: &'static str,
 }
 
 impl WebDav {
@@ -157,13 +160,15 @@ impl WebDav {
         let nginx = server_binary("QUALM_NGINX", &["nginx"])?;
         let dir = tempfile::tempdir().unwrap();
         let (spool, root) = (dir.path().join("spool"), dir.path().join("www"));
-        let mut webdav = Self { dir, spool, root, port: free_port(), nginx, server: None };
+        let port = free_port();
+        let mut webdav = Self { dir, spool, root, port, nginx, server: None, body_limit: "0" };
         webdav.restart();
         Some(webdav)
     }
 
     fn restart(&mut self) {
-        let server = start_nginx(&self.nginx, self.dir.path(), &self.root, self.port);
+        let (work, root) = (self.dir.path(), &self.root);
+        let server = start_nginx(&self.nginx, work, root, self.port, self.body_limit);
         self.server = Some(server);
     }
 
@@ -493,6 +498,39 @@ fn http_records_arrive_once_across_a_server_restart() {
 }
 
 #[test]
+fn a_record_refused_for_good_does_not_hold_up_the_others() {
+    let Some(mut webdav) = WebDav::start() else { return };
+    webdav.body_limit = "64k";
+    webdav.restart();
+    let (spool, root, port) = (webdav.spool.clone(), webdav.root.clone(), webdav.port);
+
+    // Record 2's 200 kB frame is over nginx's limit: 413. Records 0, 1, 3 and 4 fit.
+    let mut expected = make_records(&spool, 0, 2, 20_000);
+    let too_large = make_records(&spool, 2, 1, 200_000);
+    expected.extend(make_records(&spool, 3, 2, 20_000));
+    let config = test_config(SinkKind::Http, &format!("http://127.0.0.1:{port}/ingest"));
+    let uplink = Uplink::new(&spool, &config, Credentials::default()).unwrap().spawn().unwrap();
+    let stats = uplink.stats();
+
+    let start = Instant::now();
+    while records_left(&spool) > 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "records stuck behind the refused one");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Later passes skip it instead of sending its body again.
+    thread::sleep(Duration::from_millis(800));
+    uplink.stop(true, || false).unwrap();
+
+    assert_same_objects(&files_under(&root.join("ingest")), &expected);
+    let key = too_large.keys().next().unwrap().split('/').next().unwrap().to_owned();
+    assert!(spool.join(&key).join("frame.jpg").exists(), "the refused record stays in the spool");
+    assert!(!spool.join(&key).join(".uploaded").exists());
+    // nginx may answer 413 and close before it has read the body: the client then sees a
+    // broken connection, an ordinary failed pass, until a pass reads the 413 itself.
+    assert_eq!((stats.refused(), stats.records()), (1, 4));
+}
+
+#[test]
 fn http_faults_are_retried_without_loss_or_duplicates() {
     let Some(webdav) = WebDav::start() else { return };
     let (spool, root, port) = (&webdav.spool, &webdav.root, webdav.port);
@@ -707,6 +745,7 @@ fn a_queue_of_records_is_not_needed_in_memory() {
         ("qualmd_uplink_records_total", 3.0),
         ("qualmd_uplink_bytes_total", bytes as f64),
         ("qualmd_uplink_failures_total", 0.0),
+        ("qualmd_uplink_refused_records_total", 0.0),
         ("qualmd_uplink_pending_records", 0.0),
         ("qualmd_uplink_lag_seconds", 0.0),
     ] {
