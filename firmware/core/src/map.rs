@@ -246,6 +246,12 @@ impl<'a, T: Element> OutputMap<'a, T> {
         if plain { T::as_f32_slice(self.data) } else { None }
     }
 
+    /// The data itself when it is one `f32` sigmoid logit per pixel (either layout, which is the
+    /// same for one channel): the two-class kernel then reads it in place.
+    pub(crate) fn direct_sigmoid_logit(&self) -> Option<&'a [f32]> {
+        if self.kind == OutputKind::SigmoidLogit { T::as_f32_slice(self.data) } else { None }
+    }
+
     /// Writes the class logits of `len` pixels from `start` (row-major index) into `tile` as a
     /// `[classes, len]` block, channel-major: logit `c` of pixel `start + i` at `c * len + i`.
     ///

@@ -178,7 +178,29 @@ pub(crate) struct TileOutput<'a> {
 /// Class `c` of the tile's pixel `i` is at `values[offset + c * stride + i]`: a copied tile has
 /// `offset = 0, stride = n`; an f32 CHW map read in place has the pixel index as offset and
 /// `height * width` as stride.
+///
+/// Two classes (every sigmoid map, and two-class logits) take [`score_pair`], which gives the
+/// same bits in one pass.
 pub(crate) fn score_tile(
+    values: &[f32],
+    offset: usize,
+    stride: usize,
+    classes: usize,
+    temperature: Temperature,
+    out: TileOutput,
+) {
+    if classes == 2 {
+        let n = out.classes.len();
+        let negative = &values[offset..offset + n];
+        let positive = &values[offset + stride..offset + stride + n];
+        score_pair(Some(negative), positive, temperature, out);
+    } else {
+        score_tile_general(values, offset, stride, classes, temperature, out);
+    }
+}
+
+/// [`score_tile`] for any number of classes.
+fn score_tile_general(
     values: &[f32],
     offset: usize,
     stride: usize,
@@ -258,6 +280,77 @@ pub(crate) fn score_tile(
         out.classes[i] = if finite { top[i] as u8 } else { 0 };
         out.uncertainty[i] = if finite { (entropy * 255.0 + 0.5) as u8 } else { u8::MAX };
         out.scores[i] = [max[i], entropy, sum[i], weighted[i]];
+    }
+}
+
+/// [`score_tile`] for two classes, the logits of class 0 in `negative` (all 0 when `None`: a
+/// sigmoid logit `z` is the pair `[0, z]`) and of class 1 in `positive`.
+///
+/// With two classes the exp-sum has one term besides the top class's 1: with `d <= 0` the
+/// other class's scaled logit minus the max, `s = 1 + e^d`, and the same `e^d` gives the margin,
+/// so a pixel costs one `exp` and one `ln` instead of three and one, in a single pass. Every
+/// operation is the one [`score_tile_general`] does for two classes, in the same order, so the
+/// bits are the same (the tests check it): a map gives the same statistics in every layout and
+/// element type, whichever path reads it.
+pub(crate) fn score_pair(
+    negative: Option<&[f32]>,
+    positive: &[f32],
+    temperature: Temperature,
+    out: TileOutput,
+) {
+    let n = out.classes.len();
+    debug_assert!(n <= TILE_PIXELS && positive.len() == n);
+    let inverse_t = 1.0 / temperature.get();
+    let t = temperature.get();
+    let inverse_ln_c = 1.0 / math::ln(2.0);
+
+    // A sigmoid map reads its class-0 logits from zeros rather than branching per pixel.
+    let zeros = [0.0f32; TILE_PIXELS];
+    let (negative, positive) = (&negative.unwrap_or(&zeros)[..n], &positive[..n]);
+
+    let mut max_softmax = [0.0f32; TILE_PIXELS];
+    let mut entropy = [0.0f32; TILE_PIXELS];
+    let mut margin = [0.0f32; TILE_PIXELS];
+    let mut energy = [0.0f32; TILE_PIXELS];
+    let mut top = [0u32; TILE_PIXELS];
+    let mut level = [0.0f32; TILE_PIXELS];
+    let (p1s, hs, margins, energies) =
+        (&mut max_softmax[..n], &mut entropy[..n], &mut margin[..n], &mut energy[..n]);
+    let (top, level) = (&mut top[..n], &mut level[..n]);
+
+    // One branch-free loop over plain f32 / u32 arrays of the same length, so that it
+    // vectorizes; the per-pixel records and bytes are written by the narrower loops below.
+    for i in 0..n {
+        let (z0, z1) = (negative[i], positive[i]);
+        let above = z1 > z0;
+        let max = if above { z1 } else { z0 };
+        let other = if above { z0 } else { z1 };
+        let d = (other - max) * inverse_t;
+        let e = math::fast_exp(d);
+        let sum = 1.0 + e;
+        let weighted = if e > 0.0 { e * d } else { 0.0 };
+        let ln_s = math::fast_ln(sum);
+        let p = 1.0 / sum;
+        let bad = not_finite_logit(z0) | not_finite_logit(z1);
+        let finite = bad == 0 && max != f32::NEG_INFINITY;
+        let h = ((ln_s - weighted * p) * inverse_ln_c).clamp(0.0, 1.0);
+        p1s[i] = if finite { p } else { f32::NAN };
+        hs[i] = if finite { h } else { f32::NAN };
+        margins[i] = if finite { (1.0 - e) * p } else { f32::NAN };
+        energies[i] = if finite { -(max + t * ln_s) } else { f32::NAN };
+        top[i] = u32::from(above & finite);
+        // Rounded to nearest below; 255.5 truncates to the 255 of a non-finite pixel.
+        level[i] = if finite { h * 255.0 + 0.5 } else { 255.5 };
+    }
+
+    for (slot, &c) in out.classes.iter_mut().zip(&*top) {
+        *slot = c as u8;
+    }
+    for (slot, &u) in out.uncertainty.iter_mut().zip(&*level) {
+        *slot = u as u8;
+    }
+    for (i, record) in out.scores.iter_mut().enumerate() {
+        *record = [max_softmax[i], entropy[i], margin[i], energy[i]];
     }
 }
 
@@ -341,7 +434,56 @@ mod tests {
         assert!(Temperature::try_new(f32::NAN).is_err());
     }
 
+    /// Per-pixel outputs of one kernel call on `n` pixels.
+    type Outputs = (Vec<u8>, Vec<u8>, Vec<[u32; SCORES]>);
+
+    fn run_kernel(n: usize, kernel: impl FnOnce(TileOutput)) -> Outputs {
+        let (mut classes, mut uncertainty) = (vec![7; n], vec![7; n]);
+        let mut scores = vec![[7.0; SCORES]; n];
+        kernel(TileOutput {
+            classes: &mut classes,
+            uncertainty: &mut uncertainty,
+            scores: &mut scores,
+        });
+        // Bits, so that NaN compares equal to NaN and -0 apart from 0.
+        (classes, uncertainty, scores.iter().map(|s| s.map(f32::to_bits)).collect())
+    }
+
+    /// A logit for the two-class tests: ordinary, tied, extreme or non-finite.
+    fn pair_logit() -> impl proptest::strategy::Strategy<Value = f32> {
+        use proptest::strategy::Just;
+        proptest::prop_oneof![
+            6 => -30.0f32..30.0,
+            1 => Just(0.0f32),
+            1 => Just(f32::NAN),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(65504.0f32),
+            1 => Just(-1e4f32),
+        ]
+    }
+
     proptest::proptest! {
+        /// The two-class kernel gives the general kernel's bits, with class 0 read or taken as 0.
+        #[test]
+        fn pair_kernel_matches_general_kernel(
+            pair in proptest::collection::vec((pair_logit(), pair_logit()), 1..=TILE_PIXELS),
+            t in 0.25f32..4.0,
+        ) {
+            let n = pair.len();
+            let temperature = Temperature::try_new(t).unwrap();
+            let mut tile: Vec<f32> = pair.iter().map(|p| p.0).collect();
+            tile.extend(pair.iter().map(|p| p.1));
+            let want = run_kernel(n, |out| score_tile_general(&tile, 0, n, 2, temperature, out));
+            let got = run_kernel(n, |out| score_tile(&tile, 0, n, 2, temperature, out));
+            proptest::prop_assert_eq!(&got, &want);
+
+            tile[..n].fill(0.0);
+            let want = run_kernel(n, |out| score_tile_general(&tile, 0, n, 2, temperature, out));
+            let got = run_kernel(n, |out| score_pair(None, &tile[n..], temperature, out));
+            proptest::prop_assert_eq!(&got, &want);
+        }
+
         #[test]
         fn scores_match_f64_reference(
             logits in proptest::collection::vec(-30.0f32..30.0, 1..=256),
