@@ -141,7 +141,7 @@ impl Score {
 }
 
 /// Most pixels scored together in one tile.
-const TILE_PIXELS: usize = 256;
+pub(crate) const TILE_PIXELS: usize = 256;
 
 /// Values in one `[classes, pixels]` tile: 16 KiB of `f32`, small enough for L1 and the stack.
 pub(crate) const TILE_VALUES: usize = 4096;
@@ -158,7 +158,7 @@ fn not_finite_logit(z: f32) -> u32 {
     u32::from(z.is_nan() | (z == f32::INFINITY))
 }
 
-/// Per-pixel outputs of [`score_tile`], each one entry per pixel of the tile.
+/// Per-pixel outputs of [`TileScores::write`], each one entry per pixel of the tile.
 pub(crate) struct TileOutput<'a> {
     /// Top-1 class (0 for a non-finite pixel).
     pub classes: &'a mut [u8],
@@ -166,6 +166,47 @@ pub(crate) struct TileOutput<'a> {
     pub uncertainty: &'a mut [u8],
     /// The scores in [`Score`] order; all NaN for a non-finite pixel.
     pub scores: &'a mut [[f32; SCORES]],
+}
+
+/// The scores of a tile's pixels as the kernels leave them: one array per score, so that the
+/// frame statistics can be taken over them with vector instructions before they are
+/// interleaved into per-pixel records. Entries past the tile's pixel count are stale.
+pub(crate) struct TileScores {
+    /// The scores in [`Score`] order, one array each; NaN for a non-finite pixel.
+    pub values: [[f32; TILE_PIXELS]; SCORES],
+    /// Top-1 class (0 for a non-finite pixel).
+    pub class: [u32; TILE_PIXELS],
+    /// 1 for a finite pixel, 0 for one with a NaN or `+inf` logit or only `-inf` logits.
+    pub finite: [u32; TILE_PIXELS],
+}
+
+impl TileScores {
+    /// Zeroed scores.
+    pub fn new() -> Self {
+        Self {
+            values: [[0.0; TILE_PIXELS]; SCORES],
+            class: [0; TILE_PIXELS],
+            finite: [0; TILE_PIXELS],
+        }
+    }
+
+    /// Writes the first `out.classes.len()` pixels into per-pixel records; non-finite pixels get
+    /// uncertainty 255.
+    pub fn write(&self, out: TileOutput) {
+        let n = out.classes.len();
+        for (slot, &c) in out.classes.iter_mut().zip(&self.class[..n]) {
+            *slot = c as u8;
+        }
+        let [max_softmax, entropy, margin, energy] = &self.values;
+        let uncertainty = out.uncertainty.iter_mut().zip(&entropy[..n]).zip(&self.finite[..n]);
+        for ((slot, &h), &finite) in uncertainty {
+            // Rounded to nearest; 255.5 truncates to the 255 of a non-finite pixel.
+            *slot = if finite != 0 { h * 255.0 + 0.5 } else { 255.5 } as u8;
+        }
+        for (i, record) in out.scores.iter_mut().enumerate() {
+            *record = [max_softmax[i], entropy[i], margin[i], energy[i]];
+        }
+    }
 }
 
 /// Scores every pixel of a `[classes, n]` channel-major tile (see `OutputMap::load_tile`).
@@ -179,6 +220,8 @@ pub(crate) struct TileOutput<'a> {
 /// `offset = 0, stride = n`; an f32 CHW map read in place has the pixel index as offset and
 /// `height * width` as stride.
 ///
+/// The results go to the first `n` entries of `out`.
+///
 /// Two classes (every sigmoid map, and two-class logits) take [`score_pair`], which gives the
 /// same bits in one pass.
 pub(crate) fn score_tile(
@@ -187,15 +230,15 @@ pub(crate) fn score_tile(
     stride: usize,
     classes: usize,
     temperature: Temperature,
-    out: TileOutput,
+    n: usize,
+    out: &mut TileScores,
 ) {
     if classes == 2 {
-        let n = out.classes.len();
         let negative = &values[offset..offset + n];
         let positive = &values[offset + stride..offset + stride + n];
         score_pair(Some(negative), positive, temperature, out);
     } else {
-        score_tile_general(values, offset, stride, classes, temperature, out);
+        score_tile_general(values, offset, stride, classes, temperature, n, out);
     }
 }
 
@@ -206,9 +249,9 @@ fn score_tile_general(
     stride: usize,
     classes: usize,
     temperature: Temperature,
-    out: TileOutput,
+    n: usize,
+    out: &mut TileScores,
 ) {
-    let n = out.classes.len();
     debug_assert!(n <= TILE_PIXELS);
     let row = |class: usize| &values[offset + class * stride..offset + class * stride + n];
 
@@ -254,32 +297,28 @@ fn score_tile_general(
         }
     }
 
-    // Finishing pass, branch-free so that it vectorizes, written over the pass's own arrays:
-    // p1 = 1 / s, margin = (1 - e^d2) / s, H = (ln s - w / s) / ln C, energy = -(max + T ln s).
+    // Finishing pass, branch-free so that it vectorizes: p1 = 1 / s, margin = (1 - e^d2) / s,
+    // H = (ln s - w / s) / ln C, energy = -(max + T ln s); non-finite pixels get class 0.
     let t = temperature.get();
     let inverse_ln_c = if classes > 1 { 1.0 / math::ln(classes as f32) } else { 0.0 };
-    let lanes = max.iter_mut().zip(second.iter_mut()).zip(sum.iter_mut()).zip(weighted.iter_mut());
-    for ((((m, s2), s), w), b) in lanes.zip(bad.iter_mut()) {
-        let ln_s = math::fast_ln(*s);
-        let max_softmax = 1.0 / *s;
-        let margin = (1.0 - math::fast_exp((*s2 - *m) * inverse_t)) * max_softmax;
-        let entropy = ((ln_s - *w * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
-        let energy = -(*m + t * ln_s);
-        let finite = *b == 0 && *m != f32::NEG_INFINITY;
-        *b = u32::from(finite);
-        *m = if finite { max_softmax } else { f32::NAN };
-        *s2 = if finite { entropy } else { f32::NAN };
-        *s = if finite { margin } else { f32::NAN };
-        *w = if finite { energy } else { f32::NAN };
-    }
-
-    // Interleave into the per-pixel records; non-finite pixels get class 0 and uncertainty 255.
+    let [p1s, hs, margins, energies] = &mut out.values;
+    let (p1s, hs, margins, energies) =
+        (&mut p1s[..n], &mut hs[..n], &mut margins[..n], &mut energies[..n]);
+    let (tops, finites) = (&mut out.class[..n], &mut out.finite[..n]);
     for i in 0..n {
-        let finite = bad[i] != 0;
-        let entropy = second[i];
-        out.classes[i] = if finite { top[i] as u8 } else { 0 };
-        out.uncertainty[i] = if finite { (entropy * 255.0 + 0.5) as u8 } else { u8::MAX };
-        out.scores[i] = [max[i], entropy, sum[i], weighted[i]];
+        let (m, s2, s, w) = (max[i], second[i], sum[i], weighted[i]);
+        let ln_s = math::fast_ln(s);
+        let max_softmax = 1.0 / s;
+        let margin = (1.0 - math::fast_exp((s2 - m) * inverse_t)) * max_softmax;
+        let entropy = ((ln_s - w * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
+        let energy = -(m + t * ln_s);
+        let finite = bad[i] == 0 && m != f32::NEG_INFINITY;
+        finites[i] = u32::from(finite);
+        tops[i] = if finite { top[i] } else { 0 };
+        p1s[i] = if finite { max_softmax } else { f32::NAN };
+        hs[i] = if finite { entropy } else { f32::NAN };
+        margins[i] = if finite { margin } else { f32::NAN };
+        energies[i] = if finite { energy } else { f32::NAN };
     }
 }
 
@@ -296,30 +335,24 @@ pub(crate) fn score_pair(
     negative: Option<&[f32]>,
     positive: &[f32],
     temperature: Temperature,
-    out: TileOutput,
+    out: &mut TileScores,
 ) {
-    let n = out.classes.len();
-    debug_assert!(n <= TILE_PIXELS && positive.len() == n);
+    let n = positive.len();
+    debug_assert!(n <= TILE_PIXELS);
     let inverse_t = 1.0 / temperature.get();
     let t = temperature.get();
     let inverse_ln_c = 1.0 / math::ln(2.0);
 
     // A sigmoid map reads its class-0 logits from zeros rather than branching per pixel.
     let zeros = [0.0f32; TILE_PIXELS];
-    let (negative, positive) = (&negative.unwrap_or(&zeros)[..n], &positive[..n]);
-
-    let mut max_softmax = [0.0f32; TILE_PIXELS];
-    let mut entropy = [0.0f32; TILE_PIXELS];
-    let mut margin = [0.0f32; TILE_PIXELS];
-    let mut energy = [0.0f32; TILE_PIXELS];
-    let mut top = [0u32; TILE_PIXELS];
-    let mut level = [0.0f32; TILE_PIXELS];
+    let negative = &negative.unwrap_or(&zeros)[..n];
+    let [p1s, hs, margins, energies] = &mut out.values;
     let (p1s, hs, margins, energies) =
-        (&mut max_softmax[..n], &mut entropy[..n], &mut margin[..n], &mut energy[..n]);
-    let (top, level) = (&mut top[..n], &mut level[..n]);
+        (&mut p1s[..n], &mut hs[..n], &mut margins[..n], &mut energies[..n]);
+    let (tops, finites) = (&mut out.class[..n], &mut out.finite[..n]);
 
     // One branch-free loop over plain f32 / u32 arrays of the same length, so that it
-    // vectorizes; the per-pixel records and bytes are written by the narrower loops below.
+    // vectorizes.
     for i in 0..n {
         let (z0, z1) = (negative[i], positive[i]);
         let above = z1 > z0;
@@ -334,23 +367,12 @@ pub(crate) fn score_pair(
         let bad = not_finite_logit(z0) | not_finite_logit(z1);
         let finite = bad == 0 && max != f32::NEG_INFINITY;
         let h = ((ln_s - weighted * p) * inverse_ln_c).clamp(0.0, 1.0);
+        finites[i] = u32::from(finite);
+        tops[i] = u32::from(above & finite);
         p1s[i] = if finite { p } else { f32::NAN };
         hs[i] = if finite { h } else { f32::NAN };
         margins[i] = if finite { (1.0 - e) * p } else { f32::NAN };
         energies[i] = if finite { -(max + t * ln_s) } else { f32::NAN };
-        top[i] = u32::from(above & finite);
-        // Rounded to nearest below; 255.5 truncates to the 255 of a non-finite pixel.
-        level[i] = if finite { h * 255.0 + 0.5 } else { 255.5 };
-    }
-
-    for (slot, &c) in out.classes.iter_mut().zip(&*top) {
-        *slot = c as u8;
-    }
-    for (slot, &u) in out.uncertainty.iter_mut().zip(&*level) {
-        *slot = u as u8;
-    }
-    for (i, record) in out.scores.iter_mut().enumerate() {
-        *record = [max_softmax[i], entropy[i], margin[i], energy[i]];
     }
 }
 
@@ -437,10 +459,12 @@ mod tests {
     /// Per-pixel outputs of one kernel call on `n` pixels.
     type Outputs = (Vec<u8>, Vec<u8>, Vec<[u32; SCORES]>);
 
-    fn run_kernel(n: usize, kernel: impl FnOnce(TileOutput)) -> Outputs {
+    fn run_kernel(n: usize, kernel: impl FnOnce(&mut TileScores)) -> Outputs {
+        let mut tile = TileScores::new();
+        kernel(&mut tile);
         let (mut classes, mut uncertainty) = (vec![7; n], vec![7; n]);
         let mut scores = vec![[7.0; SCORES]; n];
-        kernel(TileOutput {
+        tile.write(TileOutput {
             classes: &mut classes,
             uncertainty: &mut uncertainty,
             scores: &mut scores,
@@ -474,12 +498,15 @@ mod tests {
             let temperature = Temperature::try_new(t).unwrap();
             let mut tile: Vec<f32> = pair.iter().map(|p| p.0).collect();
             tile.extend(pair.iter().map(|p| p.1));
-            let want = run_kernel(n, |out| score_tile_general(&tile, 0, n, 2, temperature, out));
-            let got = run_kernel(n, |out| score_tile(&tile, 0, n, 2, temperature, out));
+            let general = |tile: &[f32], out: &mut TileScores| {
+                score_tile_general(tile, 0, n, 2, temperature, n, out);
+            };
+            let want = run_kernel(n, |out| general(&tile, out));
+            let got = run_kernel(n, |out| score_tile(&tile, 0, n, 2, temperature, n, out));
             proptest::prop_assert_eq!(&got, &want);
 
             tile[..n].fill(0.0);
-            let want = run_kernel(n, |out| score_tile_general(&tile, 0, n, 2, temperature, out));
+            let want = run_kernel(n, |out| general(&tile, out));
             let got = run_kernel(n, |out| score_pair(None, &tile[n..], temperature, out));
             proptest::prop_assert_eq!(&got, &want);
         }

@@ -1,15 +1,17 @@
 //! Reduction of a frame's per-pixel scores to fixed-size statistics.
 //!
-//! [`analyze`] works in two passes. The first reads the model output once, in tiles, and writes
-//! each pixel's class and scores into caller-owned buffers. Between the passes the class map is
-//! turned into a boundary band and a union-find forest of segments. The second pass reads the
-//! buffers in row-major order, gives each pixel its segment id and adds it to the frame, the
-//! interior, its class and its segment. Nothing is allocated.
+//! [`analyze`] works in two passes. The first reads the model output once, in tiles, writes
+//! each pixel's class and scores into caller-owned buffers, and takes the frame-wide sums,
+//! counts and histograms of each tile while its scores are still one array per score. Between
+//! the passes the class map is turned into a boundary band and a union-find forest of
+//! segments. The second pass reads the buffers in row-major order, by runs of one class, gives
+//! each pixel its segment id and adds the run to its class, its segment and the interior.
+//! Nothing is allocated.
 
 use crate::list::FixedList;
 use crate::map::{Element, MapError, OutputMap};
 use crate::region;
-use crate::score::{self, SCORES, Score, TileOutput};
+use crate::score::{self, SCORES, Score, TileOutput, TileScores};
 use crate::score::{MAX_CLASSES, Temperature};
 
 /// Bins of every score histogram; quantiles are exact to one bin (`1 / 256` of the range).
@@ -522,42 +524,57 @@ impl Summary {
     }
 }
 
-/// Copies of each histogram in the second pass. Consecutive pixels count into different
-/// copies: a run of pixels in one bin (every sure region: entropy 0, max-softmax and margin 1)
-/// would otherwise wait on the previous increment of the same counter through memory.
+/// Copies of each histogram of the first pass. Consecutive pixels count into different copies:
+/// a run of pixels in one bin (every sure region: entropy 0, max-softmax and margin 1) would
+/// otherwise wait on the previous increment of the same counter through memory.
 const COPIES: usize = 4;
 
-/// Pixels summed in `f32` before the sum joins an `f64` total. The rounding error of a block
-/// sum stays within a few parts in 1e7 of it, far inside the 1e-5 the means are tested to, and
-/// the conversion to `f64` is paid once a block instead of once a pixel.
+/// Lanes of the first pass's `f32` partial sums: each lane sums at most `TILE_PIXELS / LANES`
+/// = 16 values of a tile before the lanes join an `f64` total, so the rounding error stays
+/// within a few parts in 1e7, far inside the 1e-5 the means are tested to, and the loop
+/// vectorizes (a single running `f32` sum would be both slower and less exact).
+const LANES: usize = 16;
+
+/// Pixels of a run summed in `f32` before the sum joins an `f64` total, in the second pass:
+/// the same reasoning as [`LANES`].
 const BLOCK: usize = 16;
 
-/// The frame-wide accumulators of the second pass, over scored pixels, and those of the
-/// interior (scored pixels outside the boundary band).
-struct Reduction {
-    /// The histogram bin of score `j` is `(score - offset[j]) * scale[j]`, truncated and
-    /// clamped to `0..BINS`: 0 and `BINS` for the scores in `[0, 1]`, the energy range scaled.
+/// The histogram bin of `value`: `(value - offset) * scale` rounded down and clamped to the
+/// bins, as in [`Histogram::add`], for a value that is not NaN.
+///
+/// Written with float additions rather than a float-to-int `as`, whose saturating semantics
+/// keep the compiler from vectorizing the loops around it: adding `2^23` to a float in
+/// `[0, 256)` rounds it to an integer (to nearest), taking 1 off where that went up floors it,
+/// and adding `2^23` again puts that integer in the low mantissa bits.
+#[inline(always)]
+fn bin(value: f32, offset: f32, scale: f32) -> usize {
+    const MAGIC: f32 = 8_388_608.0;
+    let position = ((value - offset) * scale).clamp(0.0, (ENTROPY_BINS - 1) as f32);
+    let nearest = (position + MAGIC) - MAGIC;
+    let floor = if nearest > position { nearest - 1.0 } else { nearest };
+    // The mask changes nothing (the integer is in 0..BINS) but lets the compiler drop the
+    // bounds check of the increment.
+    (floor + MAGIC).to_bits() as usize & (ENTROPY_BINS - 1)
+}
+
+/// The per-score settings of the reduction.
+struct Levels {
+    /// The histogram bin of score `j` is `bin(score, offset[j], scale[j])`: `0, BINS` for the
+    /// scores in `[0, 1]`, the energy range scaled to the bins.
     offset: [f32; SCORES],
     scale: [f32; SCORES],
     /// Max-softmax and margin count below their level, entropy and energy above: multiplied
     /// by `sign` (an exact negation or nothing), every score counts above `levels`.
     sign: [f32; SCORES],
     levels: [f32; SCORES],
-    beyond: [u32; SCORES],
-    interior_beyond: [u32; SCORES],
-    interior: Sums,
-    /// Histograms of the four scores, in [`Score`] order, [`COPIES`] times.
-    counts: [[[u32; ENTROPY_BINS]; SCORES]; COPIES],
-    /// The interior's entropy histogram, [`COPIES`] times.
-    interior_entropy: [[u32; ENTROPY_BINS]; COPIES],
 }
 
-impl Reduction {
+impl Levels {
     fn new(config: &StatsConfig) -> Self {
         const BINS: f32 = ENTROPY_BINS as f32;
         let range = config.energy_range;
-        // `((e - min) / (max - min)) * BINS` as in `Histogram::add`; multiplying by the power of
-        // two BINS before or after the product rounds the same way, so the bins are the same.
+        // `((e - min) / (max - min)) * BINS` as in `Histogram::add`: multiplying by the power
+        // of two BINS before or after the product rounds the same way, so the bins are equal.
         let energy_scale = 1.0 / (range.max - range.min) * BINS;
         Self {
             offset: [0.0, 0.0, 0.0, range.min],
@@ -569,67 +586,157 @@ impl Reduction {
                 -config.margin_level,
                 config.energy_level,
             ],
+        }
+    }
+
+    /// Whether score `j` of value `value` is beyond its level.
+    #[inline(always)]
+    fn beyond(&self, j: usize, value: f32) -> bool {
+        value * self.sign[j] > self.levels[j]
+    }
+}
+
+/// The frame-wide statistics, taken in the first pass tile by tile while the scores are still
+/// one array per score: pixel accounting, sums, counts beyond the levels and histograms.
+struct FrameReduction {
+    levels: Levels,
+    ignored: u32,
+    nonfinite: u32,
+    scored: u32,
+    sums: [f64; SCORES],
+    beyond: [u32; SCORES],
+    /// Histograms of the four scores, in [`Score`] order, [`COPIES`] times each.
+    counts: [[[u32; ENTROPY_BINS]; COPIES]; SCORES],
+}
+
+impl FrameReduction {
+    fn new(config: &StatsConfig) -> Self {
+        Self {
+            levels: Levels::new(config),
+            ignored: 0,
+            nonfinite: 0,
+            scored: 0,
+            sums: [0.0; SCORES],
             beyond: [0; SCORES],
-            interior_beyond: [0; SCORES],
+            counts: [[[0; ENTROPY_BINS]; COPIES]; SCORES],
+        }
+    }
+
+    /// Adds the first `n` pixels of `tile`, `roi` their ROI entries.
+    fn add_tile(&mut self, tile: &TileScores, n: usize, roi: Option<&[u8]>) {
+        // The loops run over whole groups of LANES; entries past n count 0 times.
+        let padded = n.next_multiple_of(LANES);
+        let mut counted = [0u32; score::TILE_PIXELS];
+        let kept = match roi {
+            Some(roi) => {
+                for ((c, &finite), &keep) in counted.iter_mut().zip(&tile.finite[..n]).zip(roi) {
+                    *c = finite & u32::from(keep != 0);
+                }
+                roi.iter().map(|&keep| u32::from(keep != 0)).sum()
+            }
+            None => {
+                counted[..n].copy_from_slice(&tile.finite[..n]);
+                n as u32
+            }
+        };
+        let counted = &counted[..padded];
+        let scored: u32 = counted.iter().sum();
+        self.ignored += n as u32 - kept;
+        self.nonfinite += kept - scored;
+        self.scored += scored;
+
+        let levels = &self.levels;
+        for j in 0..SCORES {
+            let values = &tile.values[j][..padded];
+            let mut lanes = [0.0f32; LANES];
+            let mut beyond = [0u32; LANES];
+            let mut bins = [0u32; score::TILE_PIXELS];
+            let groups = values.chunks_exact(LANES).zip(counted.chunks_exact(LANES));
+            for ((values, counted), bins) in groups.zip(bins.chunks_exact_mut(LANES)) {
+                for k in 0..LANES {
+                    let value = values[k];
+                    let take = counted[k] != 0;
+                    lanes[k] += if take { value } else { 0.0 };
+                    beyond[k] += u32::from(take & levels.beyond(j, value));
+                    bins[k] = bin(value, levels.offset[j], levels.scale[j]) as u32;
+                }
+            }
+            self.sums[j] += lanes.iter().map(|&lane| f64::from(lane)).sum::<f64>();
+            self.beyond[j] += beyond.iter().sum::<u32>();
+
+            let counts = &mut self.counts[j];
+            for (bins, counted) in
+                bins[..padded].chunks_exact(COPIES).zip(counted.chunks_exact(COPIES))
+            {
+                for copy in 0..COPIES {
+                    counts[copy][bins[copy] as usize & (ENTROPY_BINS - 1)] += counted[copy];
+                }
+            }
+        }
+    }
+
+    /// The histogram of score `j`.
+    fn histogram(&self, j: usize) -> Histogram<ENTROPY_BINS> {
+        let mut counts = [0u32; ENTROPY_BINS];
+        for copy in &self.counts[j] {
+            for (count, &add) in counts.iter_mut().zip(copy) {
+                *count += add;
+            }
+        }
+        Histogram { counts, total: self.scored }
+    }
+}
+
+/// What the second pass adds up besides segments and classes: the interior's sums, and the
+/// counts and entropy histogram of the band's scored pixels (the interior's are the frame's
+/// less the band's, exactly, whereas its sums are taken directly so that they do not lose
+/// digits to a difference).
+struct InteriorReduction {
+    interior: Sums,
+    band_beyond: [u32; SCORES],
+    band_entropy: [u32; ENTROPY_BINS],
+}
+
+impl InteriorReduction {
+    fn new() -> Self {
+        Self {
             interior: Sums::default(),
-            counts: [[[0; ENTROPY_BINS]; SCORES]; COPIES],
-            interior_entropy: [[0; ENTROPY_BINS]; COPIES],
+            band_beyond: [0; SCORES],
+            band_entropy: [0; ENTROPY_BINS],
         }
     }
 
     /// Adds a run of scored pixels, `band` their boundary-band flags; returns the sums of their
-    /// scores, for the frame, the class and the segment the run belongs to.
+    /// scores, for the class and the segment the run belongs to.
     #[inline(always)]
-    fn add_run(&mut self, scores: &[[f32; SCORES]], band: &[u8]) -> [f64; SCORES] {
+    fn add_run(&mut self, levels: &Levels, scores: &[[f32; SCORES]], band: &[u8]) -> [f64; SCORES] {
         let mut run = [0.0f64; SCORES];
         for (block, band) in scores.chunks(BLOCK).zip(band.chunks(BLOCK)) {
             let mut all = [0.0f32; SCORES];
-            let mut inside_sum = [0.0f32; SCORES];
+            let mut inside = [0.0f32; SCORES];
             let mut inside_pixels = 0;
-            for (i, (pixel, &flag)) in block.iter().zip(band).enumerate() {
-                let inside = flag == 0;
-                let mut bins = [0usize; SCORES];
+            for (pixel, &flag) in block.iter().zip(band) {
+                let interior = flag == 0;
                 for j in 0..SCORES {
-                    let value = pixel[j];
-                    all[j] += value;
-                    inside_sum[j] += if inside { value } else { 0.0 };
-                    let beyond = value * self.sign[j] > self.levels[j];
-                    self.beyond[j] += u32::from(beyond);
-                    self.interior_beyond[j] += u32::from(beyond & inside);
-                    // Clamped first, so the `i32` is in 0..=255 and the mask (which lets the
-                    // compiler drop the bounds check) changes nothing.
-                    let position = ((value - self.offset[j]) * self.scale[j]).clamp(0.0, 255.0);
-                    bins[j] = position as i32 as usize & (ENTROPY_BINS - 1);
+                    all[j] += pixel[j];
+                    inside[j] += if interior { pixel[j] } else { 0.0 };
                 }
-                let copy = i % COPIES;
-                for (j, &bin) in bins.iter().enumerate() {
-                    self.counts[copy][j][bin] += 1;
+                inside_pixels += u32::from(interior);
+                if !interior {
+                    for (j, (count, &value)) in self.band_beyond.iter_mut().zip(pixel).enumerate() {
+                        *count += u32::from(levels.beyond(j, value));
+                    }
+                    let entropy = Score::Entropy.index();
+                    let scale = levels.scale[entropy];
+                    self.band_entropy[bin(pixel[entropy], 0.0, scale)] += 1;
                 }
-                self.interior_entropy[copy][bins[Score::Entropy.index()]] += u32::from(inside);
-                inside_pixels += u32::from(inside);
             }
-            let inside_sum = inside_sum.map(f64::from);
-            self.interior.add(inside_pixels, &inside_sum);
+            self.interior.add(inside_pixels, &inside.map(f64::from));
             for (sum, value) in run.iter_mut().zip(all) {
                 *sum += f64::from(value);
             }
         }
         run
-    }
-
-    /// The histogram of score `j` (`None`: the interior's entropy) over `total` pixels.
-    fn histogram(&self, j: Option<usize>, total: u32) -> Histogram<ENTROPY_BINS> {
-        let mut counts = [0u32; ENTROPY_BINS];
-        for copy in 0..COPIES {
-            let source = match j {
-                Some(j) => &self.counts[copy][j],
-                None => &self.interior_entropy[copy],
-            };
-            for (count, &add) in counts.iter_mut().zip(source) {
-                *count += add;
-            }
-        }
-        Histogram { counts, total }
     }
 }
 
@@ -684,7 +791,8 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
 
     let FrameMaps { classes, uncertainty, scores, boundary, labels, segments } = maps;
     let width = map.width();
-    score_map(map, config.temperature, classes, uncertainty, scores);
+    let mut reduction = FrameReduction::new(config);
+    score_map(map, config.temperature, roi, &mut reduction, classes, uncertainty, scores);
 
     // The band's scratch is the label buffer, which the segments overwrite next.
     region::boundary_band(classes, width, config.boundary_width, labels, boundary);
@@ -692,11 +800,9 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
     let included = |p: usize| keep(p) && !scores[p][Score::Entropy.index()].is_nan();
     region::link_segments(classes, width, included, labels);
 
-    let mut reduction = Reduction::new(config);
-    let mut frame_sums = Sums::default();
+    let mut inner = InteriorReduction::new();
     let mut per_class = [Sums::default(); MAX_CLASSES];
     let mut segment_count = 0u32;
-    let (mut ignored, mut nonfinite) = (0u32, 0u32);
 
     // Second pass, row-major, by runs of scored pixels of one class within a row: a run lies in
     // one segment, so it needs one segment id and one update of its segment and class. Parents
@@ -706,13 +812,7 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
         let row_end = row_start + width;
         let mut p = row_start;
         while p < row_end {
-            if !keep(p) {
-                ignored += 1;
-                p += 1;
-                continue;
-            }
-            if scores[p][Score::Entropy.index()].is_nan() {
-                nonfinite += 1;
+            if !included(p) {
                 p += 1;
                 continue;
             }
@@ -734,31 +834,37 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
             };
             labels[p..end].fill(id);
 
-            let sums = reduction.add_run(&scores[p..end], &boundary[p..end]);
+            let sums = inner.add_run(&reduction.levels, &scores[p..end], &boundary[p..end]);
             let run = (end - p) as u32;
             let segment = &mut segments[id as usize];
             segment.pixels += run;
             segment.entropy_sum += sums[Score::Entropy.index()];
-            frame_sums.add(run, &sums);
             per_class[usize::from(class)].add(run, &sums);
             p = end;
         }
     }
 
-    let scored = frame_sums.pixels;
+    let (ignored, nonfinite, scored) = (reduction.ignored, reduction.nonfinite, reduction.scored);
+    let entropy_histogram = reduction.histogram(Score::Entropy.index());
+    let mut interior_entropy = entropy_histogram.clone();
+    for (count, &band) in interior_entropy.counts.iter_mut().zip(&inner.band_entropy) {
+        *count -= band;
+    }
+    interior_entropy.total = inner.interior.pixels;
+    let mut interior_beyond = reduction.beyond;
+    for (count, &band) in interior_beyond.iter_mut().zip(&inner.band_beyond) {
+        *count -= band;
+    }
     let frame = Summary {
-        sums: frame_sums,
+        sums: Sums { pixels: scored, sums: reduction.sums },
         beyond: reduction.beyond,
-        entropy: reduction.histogram(Some(Score::Entropy.index()), scored),
+        entropy: entropy_histogram,
     };
-    let interior = Summary {
-        sums: reduction.interior,
-        beyond: reduction.interior_beyond,
-        entropy: reduction.histogram(None, reduction.interior.pixels),
-    };
-    let max_softmax_histogram = reduction.histogram(Some(Score::MaxSoftmax.index()), scored);
-    let margin_histogram = reduction.histogram(Some(Score::Margin.index()), scored);
-    let energy_histogram = reduction.histogram(Some(Score::Energy.index()), scored);
+    let interior =
+        Summary { sums: inner.interior, beyond: interior_beyond, entropy: interior_entropy };
+    let max_softmax_histogram = reduction.histogram(Score::MaxSoftmax.index());
+    let margin_histogram = reduction.histogram(Score::Margin.index());
+    let energy_histogram = reduction.histogram(Score::Energy.index());
     let energy_range = config.energy_range;
     let [mean_max_softmax, mean_entropy, mean_margin, mean_energy] = frame.sums.means();
     let [low_max_softmax, uncertain, low_margin, high_energy] = frame.fractions();
@@ -822,10 +928,13 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
     Ok(stats)
 }
 
-/// First pass: scores `map` tile by tile into the per-pixel buffers.
+/// First pass: scores `map` tile by tile into the per-pixel buffers, and takes the frame-wide
+/// statistics of each tile on the way.
 fn score_map<T: Element>(
     map: &OutputMap<'_, T>,
     temperature: Temperature,
+    roi: Option<&[u8]>,
+    reduction: &mut FrameReduction,
     classes: &mut [u8],
     uncertainty: &mut [u8],
     scores: &mut [[f32; SCORES]],
@@ -833,6 +942,7 @@ fn score_map<T: Element>(
     let class_count = map.classes();
     let step = score::tile_pixels(class_count);
     let mut tile = [0.0f32; score::TILE_VALUES];
+    let mut tile_scores = TileScores::new();
 
     // f32 CHW logits and f32 sigmoid logits are read in place; everything else is converted
     // into a tile first.
@@ -841,21 +951,34 @@ fn score_map<T: Element>(
     let mut start = 0;
     while start < classes.len() {
         let end = (start + step).min(classes.len());
-        let out = TileOutput {
+        let n = end - start;
+        match (direct, sigmoid) {
+            (Some(data), _) => {
+                let pixels = map.pixels();
+                score::score_tile(
+                    data,
+                    start,
+                    pixels,
+                    class_count,
+                    temperature,
+                    n,
+                    &mut tile_scores,
+                );
+            }
+            (None, Some(z)) => {
+                score::score_pair(None, &z[start..end], temperature, &mut tile_scores)
+            }
+            (None, None) => {
+                map.load_tile(start, n, &mut tile);
+                score::score_tile(&tile, 0, n, class_count, temperature, n, &mut tile_scores);
+            }
+        }
+        reduction.add_tile(&tile_scores, n, roi.map(|roi| &roi[start..end]));
+        tile_scores.write(TileOutput {
             classes: &mut classes[start..end],
             uncertainty: &mut uncertainty[start..end],
             scores: &mut scores[start..end],
-        };
-        match (direct, sigmoid) {
-            (Some(data), _) => {
-                score::score_tile(data, start, map.pixels(), class_count, temperature, out);
-            }
-            (None, Some(z)) => score::score_pair(None, &z[start..end], temperature, out),
-            (None, None) => {
-                map.load_tile(start, end - start, &mut tile);
-                score::score_tile(&tile, 0, end - start, class_count, temperature, out);
-            }
-        }
+        });
         start = end;
     }
 }
@@ -1107,6 +1230,38 @@ mod tests {
         maps.classes.pop();
         let err = analyze(&map, &StatsConfig::default(), maps.as_maps()).unwrap_err();
         assert_eq!(err, MapError::BufferLength { buffer: "classes", expected: 4, found: 3 });
+    }
+
+    /// `bin` against the formula of `Histogram::add`, on every bin edge and its neighbours and
+    /// on random values, for the `[0, 1]` scores and for the energy range.
+    #[test]
+    fn bins_match_histogram_add() {
+        let reference = |position: f32| ((position as usize).min(ENTROPY_BINS - 1), position);
+        let mut values = vec![-1.0, -0.0, 0.0, 1.0, 2.0, f32::INFINITY, f32::NEG_INFINITY];
+        for edge in 0..=ENTROPY_BINS {
+            let v = edge as f32 / ENTROPY_BINS as f32;
+            values.extend([
+                v,
+                f32::from_bits(v.to_bits() + 1),
+                f32::from_bits(v.to_bits().saturating_sub(1)),
+            ]);
+        }
+        let mut state = 0x9e37_79b9u32;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            values.push(f32::from_bits(state % 0x3f80_0001)); // every float in [0, 1]
+            values.push((state >> 8) as f32 / (1 << 24) as f32 * 120.0 - 90.0);
+        }
+        let range = EnergyRange::default();
+        let scale = 1.0 / (range.max - range.min);
+        let levels = Levels::new(&StatsConfig::default());
+        for &v in &values {
+            assert_eq!(bin(v, 0.0, levels.scale[0]), reference(v * 256.0).0, "{v}");
+            let energy = reference((v - range.min) * scale * 256.0);
+            assert_eq!(bin(v, levels.offset[3], levels.scale[3]), energy.0, "{v} {}", energy.1);
+        }
     }
 
     proptest::proptest! {
