@@ -797,7 +797,11 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
     // The band's scratch is the label buffer, which the segments overwrite next.
     region::boundary_band(classes, width, config.boundary_width, labels, boundary);
     let keep = |p: usize| roi.is_none_or(|roi| roi[p] != 0);
-    let included = |p: usize| keep(p) && !scores[p][Score::Entropy.index()].is_nan();
+    // Only a pixel of uncertainty 255 can be non-finite; testing that byte first spares most
+    // pixels a read of their 16-byte score record.
+    let finite =
+        |p: usize| uncertainty[p] != u8::MAX || !scores[p][Score::Entropy.index()].is_nan();
+    let included = |p: usize| keep(p) && finite(p);
     region::link_segments(classes, width, included, labels);
 
     let mut inner = InteriorReduction::new();
