@@ -183,10 +183,14 @@ pub(crate) fn link_segments(
             let class = classes[p];
             let joins = |labels: &[u32], q: usize| labels[q] != NO_SEGMENT && classes[q] == class;
 
+            // p takes the parent of the neighbour it joins rather than the neighbour itself
+            // (the same tree, an index at least as small): pointing at the neighbour would
+            // chain a column of pixels one below the other, and `find` would walk the chain.
+
             // The up neighbour touches every other earlier neighbour, so when it joins it
             // already shares a tree with all of them: the common case, decided first and alone.
             if y > 0 && joins(labels, p - width) {
-                labels[p] = (p - width) as u32;
+                labels[p] = labels[p - width];
                 continue;
             }
 
@@ -202,12 +206,11 @@ pub(crate) fn link_segments(
             let up_right = y > 0 && x + 1 < width && joins(labels, p - width + 1);
             labels[p] = match (left, up_right) {
                 (Some(q), true) => {
-                    labels[p] = q as u32;
                     union(labels, q, p - width + 1);
-                    labels[p]
+                    labels[q]
                 }
-                (Some(q), false) => q as u32,
-                (None, true) => (p - width + 1) as u32,
+                (Some(q), false) => labels[q],
+                (None, true) => labels[p - width + 1],
                 (None, false) => p as u32,
             };
         }

@@ -694,7 +694,8 @@ impl FrameReduction {
 struct InteriorReduction {
     interior: Sums,
     band_beyond: [u32; SCORES],
-    band_entropy: [u32; ENTROPY_BINS],
+    /// [`COPIES`] copies, as in the first pass.
+    band_entropy: [[u32; ENTROPY_BINS]; COPIES],
 }
 
 impl InteriorReduction {
@@ -702,7 +703,7 @@ impl InteriorReduction {
         Self {
             interior: Sums::default(),
             band_beyond: [0; SCORES],
-            band_entropy: [0; ENTROPY_BINS],
+            band_entropy: [[0; ENTROPY_BINS]; COPIES],
         }
     }
 
@@ -715,7 +716,7 @@ impl InteriorReduction {
             let mut all = [0.0f32; SCORES];
             let mut inside = [0.0f32; SCORES];
             let mut inside_pixels = 0;
-            for (pixel, &flag) in block.iter().zip(band) {
+            for (i, (pixel, &flag)) in block.iter().zip(band).enumerate() {
                 let interior = flag == 0;
                 for j in 0..SCORES {
                     all[j] += pixel[j];
@@ -728,7 +729,7 @@ impl InteriorReduction {
                     }
                     let entropy = Score::Entropy.index();
                     let scale = levels.scale[entropy];
-                    self.band_entropy[bin(pixel[entropy], 0.0, scale)] += 1;
+                    self.band_entropy[i % COPIES][bin(pixel[entropy], 0.0, scale)] += 1;
                 }
             }
             self.interior.add(inside_pixels, &inside.map(f64::from));
@@ -822,6 +823,15 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
             }
             let class = classes[p];
             let mut end = p + 1;
+            // Eight pixels at a time while all are of the class, kept, and below uncertainty 255
+            // (so finite), then one at a time.
+            while end + 8 <= row_end
+                && bytes(classes, end) == u64::from_le_bytes([class; 8])
+                && !has_zero_byte(!bytes(uncertainty, end))
+                && roi.is_none_or(|roi| !has_zero_byte(bytes(roi, end)))
+            {
+                end += 8;
+            }
             while end < row_end && classes[end] == class && included(end) {
                 end += 1;
             }
@@ -851,8 +861,10 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
     let (ignored, nonfinite, scored) = (reduction.ignored, reduction.nonfinite, reduction.scored);
     let entropy_histogram = reduction.histogram(Score::Entropy.index());
     let mut interior_entropy = entropy_histogram.clone();
-    for (count, &band) in interior_entropy.counts.iter_mut().zip(&inner.band_entropy) {
-        *count -= band;
+    for copy in &inner.band_entropy {
+        for (count, &band) in interior_entropy.counts.iter_mut().zip(copy) {
+            *count -= band;
+        }
     }
     interior_entropy.total = inner.interior.pixels;
     let mut interior_beyond = reduction.beyond;
@@ -930,6 +942,23 @@ pub fn analyze_with<T: Element, const CLASSES: usize, const SEGMENTS: usize>(
         stats.segments
     );
     Ok(stats)
+}
+
+/// The eight bytes of `values` from `start`, as one word.
+#[inline(always)]
+fn bytes(values: &[u8], start: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&values[start..start + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Whether a byte of `word` is 0: subtracting 1 from each byte borrows into its top bit only
+/// from a byte that was 0 (a byte with its top bit already set is masked out by `!word`).
+#[inline(always)]
+fn has_zero_byte(word: u64) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    word.wrapping_sub(ONES) & !word & HIGHS != 0
 }
 
 /// First pass: scores `map` tile by tile into the per-pixel buffers, and takes the frame-wide
@@ -1269,6 +1298,17 @@ mod tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn zero_byte_test_is_exact(word in proptest::collection::vec(
+            proptest::prop_oneof![proptest::strategy::Just(0u8), proptest::strategy::Just(1u8),
+                proptest::strategy::Just(0x80u8), proptest::strategy::Just(0xffu8), 0u8..=255],
+            8,
+        )) {
+            let value = bytes(&word, 0);
+            proptest::prop_assert_eq!(has_zero_byte(value), word.contains(&0));
+            proptest::prop_assert_eq!(has_zero_byte(!value), word.contains(&u8::MAX));
+        }
+
         #[test]
         fn frame_matches_f64_reference(
             c in 1usize..=24,
