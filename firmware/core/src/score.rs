@@ -344,8 +344,8 @@ pub(crate) fn score_pair(
     let inverse_ln_c = 1.0 / math::ln(2.0);
 
     // A sigmoid map reads its class-0 logits from zeros rather than branching per pixel.
-    let zeros = [0.0f32; TILE_PIXELS];
-    let negative = &negative.unwrap_or(&zeros)[..n];
+    static ZEROS: [f32; TILE_PIXELS] = [0.0; TILE_PIXELS];
+    let negative = &negative.unwrap_or(&ZEROS)[..n];
     let [p1s, hs, margins, energies] = &mut out.values;
     let (p1s, hs, margins, energies) =
         (&mut p1s[..n], &mut hs[..n], &mut margins[..n], &mut energies[..n]);

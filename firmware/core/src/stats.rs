@@ -527,7 +527,7 @@ impl Summary {
 /// Copies of each histogram of the first pass. Consecutive pixels count into different copies:
 /// a run of pixels in one bin (every sure region: entropy 0, max-softmax and margin 1) would
 /// otherwise wait on the previous increment of the same counter through memory.
-const COPIES: usize = 4;
+const COPIES: usize = 2;
 
 /// Lanes of the first pass's `f32` partial sums: each lane sums at most `TILE_PIXELS / LANES`
 /// = 16 values of a tile before the lanes join an `f64` total, so the rounding error stays
@@ -609,6 +609,17 @@ struct FrameReduction {
     counts: [[[u32; ENTROPY_BINS]; COPIES]; SCORES],
 }
 
+/// Per-tile scratch of [`FrameReduction::add_tile`], kept between tiles rather than zeroed for
+/// each: with many classes a tile is as small as 16 pixels, and clearing whole arrays would
+/// cost more than the tile. A separate borrow, so that the compiler knows the histogram
+/// increments do not write into it.
+struct TileScratch {
+    /// 1 for a pixel that counts (kept and finite), else 0.
+    counted: [u32; score::TILE_PIXELS],
+    /// The histogram bin of each pixel, for one score.
+    bins: [u32; score::TILE_PIXELS],
+}
+
 impl FrameReduction {
     fn new(config: &StatsConfig) -> Self {
         Self {
@@ -623,10 +634,17 @@ impl FrameReduction {
     }
 
     /// Adds the first `n` pixels of `tile`, `roi` their ROI entries.
-    fn add_tile(&mut self, tile: &TileScores, n: usize, roi: Option<&[u8]>) {
+    fn add_tile(
+        &mut self,
+        tile: &TileScores,
+        n: usize,
+        roi: Option<&[u8]>,
+        scratch: &mut TileScratch,
+    ) {
         // The loops run over whole groups of LANES; entries past n count 0 times.
         let padded = n.next_multiple_of(LANES);
-        let mut counted = [0u32; score::TILE_PIXELS];
+        let TileScratch { counted, bins } = scratch;
+        counted[n..padded].fill(0);
         let kept = match roi {
             Some(roi) => {
                 for ((c, &finite), &keep) in counted.iter_mut().zip(&tile.finite[..n]).zip(roi) {
@@ -650,7 +668,6 @@ impl FrameReduction {
             let values = &tile.values[j][..padded];
             let mut lanes = [0.0f32; LANES];
             let mut beyond = [0u32; LANES];
-            let mut bins = [0u32; score::TILE_PIXELS];
             let groups = values.chunks_exact(LANES).zip(counted.chunks_exact(LANES));
             for ((values, counted), bins) in groups.zip(bins.chunks_exact_mut(LANES)) {
                 for k in 0..LANES {
@@ -976,6 +993,8 @@ fn score_map<T: Element>(
     let step = score::tile_pixels(class_count);
     let mut tile = [0.0f32; score::TILE_VALUES];
     let mut tile_scores = TileScores::new();
+    let mut scratch =
+        TileScratch { counted: [0; score::TILE_PIXELS], bins: [0; score::TILE_PIXELS] };
 
     // f32 CHW logits and f32 sigmoid logits are read in place; everything else is converted
     // into a tile first.
@@ -1006,7 +1025,7 @@ fn score_map<T: Element>(
                 score::score_tile(&tile, 0, n, class_count, temperature, n, &mut tile_scores);
             }
         }
-        reduction.add_tile(&tile_scores, n, roi.map(|roi| &roi[start..end]));
+        reduction.add_tile(&tile_scores, n, roi.map(|roi| &roi[start..end]), &mut scratch);
         tile_scores.write(TileOutput {
             classes: &mut classes[start..end],
             uncertainty: &mut uncertainty[start..end],
