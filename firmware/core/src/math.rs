@@ -101,9 +101,38 @@ pub(crate) fn fast_ln(x: f32) -> f32 {
     m + y + e * LN2_HIGH
 }
 
+/// `floor(x)` for `0 <= x < 2^22`, as an integer, with float additions only: a float-to-int
+/// `as` has saturating semantics that keep the compiler from vectorizing the loops around it.
+///
+/// Adding `2^23` rounds `x` to an integer (to nearest); taking 1 off where that went up floors
+/// it, and adding `2^23` again puts that integer in the low mantissa bits.
+#[inline(always)]
+pub(crate) fn floor_small(x: f32) -> u32 {
+    let nearest = (x + EXPONENT_MAGIC) - EXPONENT_MAGIC;
+    let floor = if nearest > x { nearest - 1.0 } else { nearest };
+    (floor + EXPONENT_MAGIC).to_bits() & 0x007f_ffff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floor_small_matches_truncation() {
+        // Every integer and its float neighbours up to 2^12, and a sweep of [0, 2^22).
+        let mut values = vec![0.0f32, -0.0, 0.5, 255.5, 4_194_303.5];
+        for k in 0..=4096u32 {
+            let v = k as f32;
+            values.extend([v, f32::from_bits(v.to_bits() + 1), v + 0.5]);
+            if k > 0 {
+                values.push(f32::from_bits(v.to_bits() - 1));
+            }
+        }
+        values.extend((0..1_000_000).map(|i| i as f32 * 4.194_303));
+        for x in values {
+            assert_eq!(floor_small(x), x as u32, "{x}");
+        }
+    }
 
     #[test]
     fn fast_exp_matches_f64_on_its_domain() {

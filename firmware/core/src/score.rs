@@ -200,8 +200,9 @@ impl TileScores {
         let [max_softmax, entropy, margin, energy] = &self.values;
         let uncertainty = out.uncertainty.iter_mut().zip(&entropy[..n]).zip(&self.finite[..n]);
         for ((slot, &h), &finite) in uncertainty {
-            // Rounded to nearest; 255.5 truncates to the 255 of a non-finite pixel.
-            *slot = if finite != 0 { h * 255.0 + 0.5 } else { 255.5 } as u8;
+            // Rounded to nearest; 255.5 rounds down to the 255 of a non-finite pixel. The same
+            // as an `as u8` of the value, which would not vectorize.
+            *slot = math::floor_small(if finite != 0 { h * 255.0 + 0.5 } else { 255.5 }) as u8;
         }
         for (i, record) in out.scores.iter_mut().enumerate() {
             *record = [max_softmax[i], entropy[i], margin[i], energy[i]];

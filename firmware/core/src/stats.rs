@@ -10,6 +10,7 @@
 
 use crate::list::FixedList;
 use crate::map::{Element, MapError, OutputMap};
+use crate::math;
 use crate::region;
 use crate::score::{self, SCORES, Score, TileOutput, TileScores};
 use crate::score::{MAX_CLASSES, Temperature};
@@ -540,21 +541,14 @@ const LANES: usize = 16;
 const BLOCK: usize = 16;
 
 /// The histogram bin of `value`: `(value - offset) * scale` rounded down and clamped to the
-/// bins, as in [`Histogram::add`], for a value that is not NaN.
-///
-/// Written with float additions rather than a float-to-int `as`, whose saturating semantics
-/// keep the compiler from vectorizing the loops around it: adding `2^23` to a float in
-/// `[0, 256)` rounds it to an integer (to nearest), taking 1 off where that went up floors it,
-/// and adding `2^23` again puts that integer in the low mantissa bits.
+/// bins, as in [`Histogram::add`], for a value that is not NaN; without a float-to-int `as`, so
+/// that the loops around it vectorize.
 #[inline(always)]
 fn bin(value: f32, offset: f32, scale: f32) -> usize {
-    const MAGIC: f32 = 8_388_608.0;
     let position = ((value - offset) * scale).clamp(0.0, (ENTROPY_BINS - 1) as f32);
-    let nearest = (position + MAGIC) - MAGIC;
-    let floor = if nearest > position { nearest - 1.0 } else { nearest };
-    // The mask changes nothing (the integer is in 0..BINS) but lets the compiler drop the
-    // bounds check of the increment.
-    (floor + MAGIC).to_bits() as usize & (ENTROPY_BINS - 1)
+    // The mask changes nothing (the floor is in 0..BINS) but lets the compiler drop the bounds
+    // check of the increment.
+    math::floor_small(position) as usize & (ENTROPY_BINS - 1)
 }
 
 /// The per-score settings of the reduction.
