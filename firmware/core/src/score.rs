@@ -256,15 +256,18 @@ fn score_tile_general(
     debug_assert!(n <= TILE_PIXELS);
     let row = |class: usize| &values[offset + class * stride..offset + class * stride + n];
 
-    let mut max = [0.0f32; TILE_PIXELS];
-    let mut second = [f32::NEG_INFINITY; TILE_PIXELS];
-    let mut top = [0u32; TILE_PIXELS];
-    let mut bad = [0u32; TILE_PIXELS];
+    // The passes work in place in `out`'s arrays, in the roles below, and the finishing pass
+    // turns them into the scores: written as zipped iterators over distinct arrays, so that
+    // every loop vectorizes without runtime overlap checks.
+    let TileScores { values: [max, second, sum, weighted], class: top, finite: bad } = out;
     let (max, second, top, bad) = (&mut max[..n], &mut second[..n], &mut top[..n], &mut bad[..n]);
+    let (sum, weighted) = (&mut sum[..n], &mut weighted[..n]);
 
     // Max pass. `bad` flags NaN and +inf; a NaN in class 0 stays the max (nothing compares
     // above it), which is harmless because the pixel is flagged anyway.
     max.copy_from_slice(row(0));
+    second.fill(f32::NEG_INFINITY);
+    top.fill(0);
     for (b, &z) in bad.iter_mut().zip(row(0)) {
         *b = not_finite_logit(z);
     }
@@ -285,9 +288,8 @@ fn score_tile_general(
     // Exp-sum pass, d = (z - max) / T <= 0: s = sum(e^d), w = sum(e^d * d). Terms with
     // e^d = 0 are skipped so that d = -inf adds 0, not 0 * -inf = NaN.
     let inverse_t = 1.0 / temperature.get();
-    let mut sum = [0.0f32; TILE_PIXELS];
-    let mut weighted = [0.0f32; TILE_PIXELS];
-    let (sum, weighted) = (&mut sum[..n], &mut weighted[..n]);
+    sum.fill(0.0);
+    weighted.fill(0.0);
     for class in 0..classes {
         let lanes = sum.iter_mut().zip(weighted.iter_mut()).zip(&*max);
         for (((s, w), &m), &z) in lanes.zip(row(class)) {
@@ -298,28 +300,25 @@ fn score_tile_general(
         }
     }
 
-    // Finishing pass, branch-free so that it vectorizes: p1 = 1 / s, margin = (1 - e^d2) / s,
-    // H = (ln s - w / s) / ln C, energy = -(max + T ln s); non-finite pixels get class 0.
+    // Finishing pass, branch-free so that it vectorizes, written over the pass's own arrays:
+    // p1 = 1 / s, margin = (1 - e^d2) / s, H = (ln s - w / s) / ln C, energy = -(max + T ln s);
+    // non-finite pixels get class 0.
     let t = temperature.get();
     let inverse_ln_c = if classes > 1 { 1.0 / math::ln(classes as f32) } else { 0.0 };
-    let [p1s, hs, margins, energies] = &mut out.values;
-    let (p1s, hs, margins, energies) =
-        (&mut p1s[..n], &mut hs[..n], &mut margins[..n], &mut energies[..n]);
-    let (tops, finites) = (&mut out.class[..n], &mut out.finite[..n]);
-    for i in 0..n {
-        let (m, s2, s, w) = (max[i], second[i], sum[i], weighted[i]);
-        let ln_s = math::fast_ln(s);
-        let max_softmax = 1.0 / s;
-        let margin = (1.0 - math::fast_exp((s2 - m) * inverse_t)) * max_softmax;
-        let entropy = ((ln_s - w * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
-        let energy = -(m + t * ln_s);
-        let finite = bad[i] == 0 && m != f32::NEG_INFINITY;
-        finites[i] = u32::from(finite);
-        tops[i] = if finite { top[i] } else { 0 };
-        p1s[i] = if finite { max_softmax } else { f32::NAN };
-        hs[i] = if finite { entropy } else { f32::NAN };
-        margins[i] = if finite { margin } else { f32::NAN };
-        energies[i] = if finite { energy } else { f32::NAN };
+    let lanes = max.iter_mut().zip(second.iter_mut()).zip(sum.iter_mut()).zip(weighted.iter_mut());
+    for ((((m, s2), s), w), (b, c)) in lanes.zip(bad.iter_mut().zip(top.iter_mut())) {
+        let ln_s = math::fast_ln(*s);
+        let max_softmax = 1.0 / *s;
+        let margin = (1.0 - math::fast_exp((*s2 - *m) * inverse_t)) * max_softmax;
+        let entropy = ((ln_s - *w * max_softmax) * inverse_ln_c).clamp(0.0, 1.0);
+        let energy = -(*m + t * ln_s);
+        let finite = *b == 0 && *m != f32::NEG_INFINITY;
+        *b = u32::from(finite);
+        *c = if finite { *c } else { 0 };
+        *m = if finite { max_softmax } else { f32::NAN };
+        *s2 = if finite { entropy } else { f32::NAN };
+        *s = if finite { margin } else { f32::NAN };
+        *w = if finite { energy } else { f32::NAN };
     }
 }
 
