@@ -57,7 +57,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
     let mut stats = None;
     for _ in 0..=args.runs {
         let started = Instant::now();
-        model.prepare(&frame);
+        model.prepare(&frame)?;
         let output = model.infer()?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
         stats = Some(model.analyze(&output, &StatsConfig::default(), maps.as_maps())?);

@@ -304,7 +304,9 @@ fn run_model(model: &mut SegmentationModel, path: &Path) -> Result<Logits> {
 /// Runs the model on an image and converts its output, of any layout, element type and kind
 /// the card allows, to CHW class logits.
 fn model_logits(model: &mut SegmentationModel, image: &RgbImage, path: &Path) -> Result<Logits> {
-    model.prepare(image);
+    model
+        .prepare(image)
+        .with_context(|| format!("{}: cannot prepare the frame", path.display()))?;
     let output = model.infer().with_context(|| format!("{}: inference failed", path.display()))?;
 
     let spec = &model.card().output;

@@ -60,7 +60,7 @@ fn main() {
     let (mut inference, mut own, mut large) = (Vec::new(), Vec::new(), Vec::new());
     let mut alone = Vec::new();
     for round in 0..rounds + 3 {
-        model.prepare(&frame);
+        model.prepare(&frame).unwrap();
         let started = Instant::now();
         let output = model.infer().unwrap();
         let inferred = Instant::now();

@@ -188,7 +188,8 @@ fn stages(card_path: &Path, frames: &[PathBuf], gate: Gate, args: &Args) -> anyh
         let path = &frames[round % frames.len()];
         let (frame, decode_ms, decode_allocations) = measured(|| image::open(path));
         let frame = frame.with_context(|| format!("cannot decode {}", path.display()))?.to_rgb8();
-        let ((), prepare_ms, prepare_allocations) = measured(|| model.prepare(&frame));
+        let (prepared, prepare_ms, prepare_allocations) = measured(|| model.prepare(&frame));
+        prepared?;
         let (output, infer_ms, infer_allocations) = measured(|| model.infer());
         let output = output?;
         let (decision, gate_ms, gate_allocations) = measured(|| {

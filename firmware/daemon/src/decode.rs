@@ -56,13 +56,14 @@ impl DecodeLimits {
     }
 }
 
-/// Reads and decodes the JPEG or PNG file at `path` into RGB within `limits`.
+/// Reads and decodes the JPEG or PNG file at `path` into RGB within `limits`. An RGB file's
+/// pixels are moved, not copied (one frame-sized buffer per frame, not two).
 ///
 /// # Errors
 /// When the file cannot be read, is not a JPEG or PNG, is larger than a limit, is a JPEG
 /// without its end marker (cut short), or does not decode; the message names the file.
 pub fn decode_frame(path: &Path, limits: DecodeLimits) -> anyhow::Result<RgbImage> {
-    Ok(decode_image(path, limits)?.to_rgb8())
+    Ok(decode_image(path, limits)?.into_rgb8())
 }
 
 /// [`decode_frame`] keeping the file's own pixel type (for label and mask PNGs).

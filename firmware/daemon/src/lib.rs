@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod service;
 pub mod source;
 pub mod spool;
+pub mod staged;
 pub mod status;
 pub mod summary;
 pub mod uplink;

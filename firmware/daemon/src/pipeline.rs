@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use fast_image_resize as fr;
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
 use image::{GrayImage, ImageFormat, RgbImage};
@@ -12,15 +13,17 @@ use qualm_core::policy::{Outcome, Policy, Verdict};
 use qualm_core::{FrameStats, OwnedFrameMaps, Rules, StatsConfig, Temperature};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tract_onnx::prelude::Tensor;
 
 use crate::calibration::Calibration;
 use crate::config::{BUDGET_CAPACITY, Config};
 use crate::ledger::{Ledger, LedgerEntry};
-use crate::model::SegmentationModel;
+use crate::model::{Inference, InputPreparer, SegmentationModel};
 use crate::nonfinite::{self, NONFINITE_REASON};
 use crate::perceptual::difference_hash;
 use crate::source::{BadFrame, FolderSource, Frame, FrameSource, VideoSource};
 use crate::spool::{RecordFile, RecordRank, Spool, SpoolLimits, Victim};
+use crate::staged::{Inferred, StagedItem};
 
 /// How many recently kept frames a new frame is compared with for near-duplicates.
 pub const DUPLICATE_HISTORY: usize = 16;
@@ -260,7 +263,9 @@ impl Daemon {
 
     /// Scores one item of a source, applies the keep policy, stores the frame when kept and
     /// ledgers it (and any record evicted on the way); counts go into `summary`. A bad frame
-    /// is logged and ledgered as an error. Returns the frame's own ledger line.
+    /// is logged and ledgered as an error. Returns the frame's own ledger line. Prepares and
+    /// runs the model on this thread; [`Daemon::handle_inferred`] takes frames another thread
+    /// ran the model on.
     ///
     /// # Errors
     /// Only when the ledger cannot be written: without it nothing could be accounted for.
@@ -269,16 +274,36 @@ impl Daemon {
         item: Result<Frame, BadFrame>,
         summary: &mut Summary,
     ) -> anyhow::Result<LedgerEntry> {
+        let item = item.map(|frame| self.infer(frame));
+        self.handle_inferred(item, summary)
+    }
+
+    /// [`Daemon::handle`] for a frame the model already ran on (or that failed on the way):
+    /// statistics, keep policy, store and ledger.
+    ///
+    /// # Errors
+    /// Only when the ledger cannot be written.
+    pub fn handle_inferred(
+        &mut self,
+        item: StagedItem,
+        summary: &mut Summary,
+    ) -> anyhow::Result<LedgerEntry> {
         summary.frames += 1;
         let time_ms = self.clock.tick();
         let failed = match item {
-            Ok(frame) => match self.score(&frame) {
-                Ok(stats) => return self.gate(&frame, stats, time_ms, summary),
-                Err(error) => {
-                    tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
-                    self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
+            Ok(Inferred { frame, output, inference }) => {
+                let stats = output.and_then(|output| {
+                    self.last_inference = inference;
+                    self.analyze(&frame, &output)
+                });
+                match stats {
+                    Ok(stats) => return self.gate(&frame, stats, time_ms, summary),
+                    Err(error) => {
+                        tracing::warn!(frame = %frame.id, "skipping frame: {error:#}");
+                        self.failed_entry(frame.id.clone(), frame.origin.clone(), &error)
+                    }
                 }
-            },
+            }
             Err(bad) => {
                 tracing::warn!(frame = %bad.id, "skipping frame: {:#}", bad.error);
                 self.failed_entry(bad.id, String::new(), &bad.error)
@@ -288,6 +313,21 @@ impl Daemon {
         summary.failed += 1;
         self.ledger.append(&failed)?;
         Ok(failed)
+    }
+
+    /// The model's input preparation, for a prepare thread of its own.
+    pub fn preparer(&self) -> InputPreparer {
+        self.model.preparer()
+    }
+
+    /// Lends tract's state out to an inference thread (see [`SegmentationModel::take_inference`]).
+    pub fn take_inference(&mut self) -> Option<Inference> {
+        self.model.take_inference()
+    }
+
+    /// Gives back tract's state lent out with [`Daemon::take_inference`].
+    pub fn restore_inference(&mut self, inference: Inference) {
+        self.model.restore_inference(inference);
     }
 
     /// Ends a run: closes the open budget window (its candidates become final records) and
@@ -324,14 +364,20 @@ impl Daemon {
         LedgerEntry { error: Some(format!("{error:#}")), ..self.entry(frame, origin, "error") }
     }
 
-    fn score(&mut self, frame: &Frame) -> anyhow::Result<FrameStats> {
-        self.model.prepare(&frame.image);
+    /// Prepares `frame` and runs the model on it, on this thread.
+    fn infer(&mut self, frame: Frame) -> Inferred {
+        if let Err(error) = self.model.prepare(&frame.image) {
+            return Inferred { frame, output: Err(error), inference: Duration::ZERO };
+        }
         let started = Instant::now();
-        let output = self.model.infer()?;
-        self.last_inference = started.elapsed();
+        let output = self.model.infer();
+        Inferred { frame, output, inference: started.elapsed() }
+    }
+
+    fn analyze(&mut self, frame: &Frame, output: &Tensor) -> anyhow::Result<FrameStats> {
         let maps = self.maps.as_maps();
         let stats =
-            self.model.analyze_in_region(&output, &self.stats_config, maps, self.roi.as_deref())?;
+            self.model.analyze_in_region(output, &self.stats_config, maps, self.roi.as_deref())?;
         tracing::trace!(frame = %frame.id, mean_entropy = stats.mean_entropy, "frame scored");
         Ok(stats)
     }
@@ -542,7 +588,7 @@ impl Daemon {
         let mask = encode_png(&mask)?;
 
         let heat = heat_map(&self.maps.uncertainty, width as u32, height as u32)?;
-        let heat = imageops::resize(&heat, frame_width, frame_height, FilterType::Triangle);
+        let heat = stretch_rgb(&heat, frame_width, frame_height)?;
         let heat = encode_png(&heat)?;
 
         let digest = hex::encode(Sha256::digest(&jpeg));
@@ -653,6 +699,26 @@ fn heat_map(uncertainty: &[u8], width: u32, height: u32) -> anyhow::Result<RgbIm
         pixels.extend_from_slice(&[colour.r, colour.g, colour.b]);
     }
     RgbImage::from_raw(width, height, pixels).context("uncertainty map size mismatch")
+}
+
+/// `image` stretched to `width` x `height`, bilinear. With `fast_image_resize`, as the model
+/// input is: `imageops::resize` would hold a float copy of the frame-sized image on the way,
+/// megabytes of peak memory for each kept frame.
+fn stretch_rgb(image: &RgbImage, width: u32, height: u32) -> anyhow::Result<RgbImage> {
+    let source = fr::images::ImageRef::new(
+        image.width(),
+        image.height(),
+        image.as_raw(),
+        fr::PixelType::U8x3,
+    )
+    .context("image buffer does not match its size")?;
+    let mut stretched = fr::images::Image::new(width, height, fr::PixelType::U8x3);
+    let options =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    fr::Resizer::new()
+        .resize(&source, &mut stretched, &options)
+        .context("cannot resize the heat map to the frame")?;
+    RgbImage::from_raw(width, height, stretched.into_vec()).context("resized image size mismatch")
 }
 
 fn now() -> String {

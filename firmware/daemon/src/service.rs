@@ -13,11 +13,12 @@ use sd_notify::NotifyState;
 use serde::Deserialize;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::capture::{Capture, CaptureOptions, Next, Overflow};
+use crate::capture::{Capture, CaptureOptions, Overflow};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Daemon, Summary, open_source};
 use crate::source::{is_camera_device, is_stream_url};
+use crate::staged::{StagedFrames, StagedNext, run_staged};
 use crate::status::{StatusGpioConfig, StatusIndicator};
 use crate::summary::Summaries;
 use crate::uplink::UplinkWaker;
@@ -215,10 +216,33 @@ pub struct ServiceSummary {
 /// ready at the start and stopping at the end, and pings its watchdog in between. Drives the
 /// status light and writes summary lines when `outputs` holds them.
 ///
+/// The frame loop is staged ([`crate::staged`]): a prepare thread and an inference thread run
+/// ahead of this one, which scores, gates, stores and ledgers each frame in source order.
+/// Frames still in those stages when a stop signal or `max_frames` ends the run are dropped
+/// unledgered, like those still in the capture queue.
+///
 /// # Errors
-/// Only when the ledger cannot be written.
+/// When the ledger cannot be written, or a stage thread panicked.
 pub fn serve(
     daemon: &mut Daemon,
+    capture: &Capture,
+    context: &ServiceContext<'_>,
+    outputs: Outputs<'_>,
+) -> anyhow::Result<ServiceSummary> {
+    let mut inference =
+        daemon.take_inference().context("the model already runs on another thread")?;
+    let preparer = daemon.preparer();
+    let result = run_staged(capture, preparer, &mut inference, |frames| {
+        serve_frames(daemon, frames, capture, context, outputs)
+    });
+    daemon.restore_inference(inference);
+    result
+}
+
+/// The statistics stage of [`serve`]: its loop on the calling thread.
+fn serve_frames(
+    daemon: &mut Daemon,
+    frames: &StagedFrames,
     capture: &Capture,
     context: &ServiceContext<'_>,
     mut outputs: Outputs<'_>,
@@ -252,12 +276,12 @@ pub fn serve(
             summaries.write_if_due(now, &summary, capture_status.dropped())?;
         }
 
-        let item = match capture.next_timeout(poll) {
-            Next::Item(item) => item,
-            Next::Idle => continue,
-            Next::Ended => break,
+        let item = match frames.next_timeout(poll) {
+            StagedNext::Item(item) => item,
+            StagedNext::Idle => continue,
+            StagedNext::Ended => break,
         };
-        let entry = daemon.handle(item, &mut summary)?;
+        let entry = daemon.handle_inferred(item, &mut summary)?;
         if let (true, Some(status)) = (entry.kept, outputs.status.as_deref_mut()) {
             status.frame_kept(Instant::now());
         }

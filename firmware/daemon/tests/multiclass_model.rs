@@ -61,7 +61,7 @@ fn tract_matches_onnxruntime_on_the_committed_test_logits() {
     for index in 0..FRAMES {
         let image = image::open(frame(index)).unwrap().to_rgb8();
         assert_eq!(image.dimensions(), (SIDE as u32, SIDE as u32), "frames are fed unresized");
-        model.prepare(&image);
+        model.prepare(&image).unwrap();
         let output = model.infer().unwrap();
         assert_eq!(output.shape(), [1, CLASSES, SIDE, SIDE]);
         let view = output.try_as_plain_ram().unwrap();
