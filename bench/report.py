@@ -97,6 +97,7 @@ def main() -> None:
 
     gate_fps, observe_fps = median_fps("gate-"), median_fps("observe-")
     kept = [r["kept"] for r in qualmd_rows if r["name"].startswith("gate-")]
+    uplinks = [r.get("uplink", "off") for r in qualmd_rows if r["name"].startswith("gate-")]
     rss = max((r["peak_rss_kib"] for r in qualmd_rows), default=0) * 1024
     frame_w, frame_h = Image.open(ROOT / "models/frames/vtest/vtest_0000.jpg").size
     model_bytes = (ROOT / "models/selfie/selfie_int8.onnx").stat().st_size
@@ -116,7 +117,8 @@ def main() -> None:
         ["tract floor, 1 thread (bare loop, input prepared once)", f"{floor_ms:.2f} ms = "
          f"{floor_fps:.1f} frames/s", "", ""],
         ["qualmd pipeline with the committed gate (decode, resize, inference, statistics, gate, "
-         f"spool, ledger), {args.frames} frames, median of 3 runs",
+         f"spool, ledger; uplink: {uplinks[0] if uplinks else 'off'}), {args.frames} frames, "
+         "median of 3 runs",
          f"{gate_fps:.1f} frames/s (kept {kept[0] if kept else '-'} frames)" if gate_fps else "-",
          "ratio to floor >= 0.97", ratio(gate_fps / floor_fps if gate_fps else None)],
         ["qualmd pipeline, observe only (nothing spooled)",

@@ -7,8 +7,8 @@
 #   bash bench/run.sh --quick    # fewer rounds and frames, under 2 minutes once built
 #   options: --multithread       also build tract with the multithread-mm feature (a second
 #                                build of the tract stack) and time 1, 2 and 4 threads
-#            --uplink "FLAGS"    extra qualmd flags that turn the uplink on, once qualmd has one
-#                                (recorded in the results; the default run has no uplink)
+#            --no-uplink         run the gated qualmd runs without the uplink (by default they
+#                                send every kept record to a WebDAV server, nginx on loopback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -20,13 +20,13 @@ frames=200
 scale_rounds=5
 scale_frames=8
 multithread=0
-uplink=""
+uplink=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) rounds=15; frames=60; scale_rounds=2; scale_frames=3 ;;
         --multithread) multithread=1 ;;
-        --uplink) uplink="$2"; shift ;;
-        *) echo "bench/run.sh: unknown option $1 (expected --quick, --multithread, --uplink FLAGS)" >&2
+        --no-uplink) uplink=0 ;;
+        *) echo "bench/run.sh: unknown option $1 (expected --quick, --multithread, --no-uplink)" >&2
            exit 2 ;;
     esac
     shift
@@ -39,9 +39,15 @@ mkdir -p "$out"
 started=$(date +%s)
 say() { echo "--- $* ($(($(date +%s) - started)) s)" >&2; }
 
-# GNU time gives the peak resident set size.
-if [ ! -x /usr/bin/time ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+# GNU time gives the peak resident set size; nginx (WebDAV PUT) receives the uplink's records.
+missing=""
+[ -x /usr/bin/time ] || missing="$missing time"
+if [ "$uplink" = 1 ] && ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    missing="$missing nginx"
+fi
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086 # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 # The peer and the model generator: pinned as in models/build/requirements.txt, in a venv of
@@ -61,11 +67,12 @@ python="$venv/bin/python"
 say "benchmark models into $models"
 "$python" models/build/bench_models.py --out "$models" >&2
 
-say "build (bench profile = release settings): the floor bench, the statistics bench, qualmd"
+say "build (device profile, as shipped): the floor bench, the statistics bench, qualmd"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 bench_binary() { # bench_binary NAME [cargo flags] -> path of the bench executable it built
     # (by target name: when qualmd was relinked too, its artifact can come last)
-    cargo bench -q -p qualm-daemon --bench "$1" --no-run --message-format=json "${@:2}" \
+    cargo bench -q -p qualm-daemon --profile device --bench "$1" --no-run \
+        --message-format=json "${@:2}" \
         | "$python" -c 'import json, sys
 print([m["executable"] for m in map(json.loads, sys.stdin)
        if m.get("reason") == "compiler-artifact" and m.get("executable")
@@ -73,10 +80,10 @@ print([m["executable"] for m in map(json.loads, sys.stdin)
 }
 floor_bin=$(bench_binary tract_floor)
 stats_bin=$(bench_binary stats_after_inference)
-# Benches build the package's binaries too: this qualmd has the bench profile (the release
-# settings) and default features, and shares the benches' tract build. Copied now, because the
-# feature build below relinks target/release/qualmd with multithread-mm.
-cp target/release/qualmd "$out/qualmd"
+# Benches build the package's binaries too: this qualmd has the device profile (what ships)
+# and default features, and shares the benches' tract build. Copied now, because the feature
+# build below relinks target/device/qualmd with multithread-mm.
+cp target/device/qualmd "$out/qualmd"
 qualmd="$root/$out/qualmd"
 if [ "$multithread" = 1 ]; then
     floor_mt_bin=$(bench_binary tract_floor --features multithread-mm)
@@ -129,12 +136,16 @@ qualmd_run() { # qualmd_run NAME FRAMES CARD [qualmd flags...] -> one JSON line
     local run="$out/run-$name"
     rm -rf "$run"
     mkdir -p "$run"
-    # shellcheck disable=SC2086 # the uplink flags are words on purpose
     /usr/bin/time -v "$qualmd" --model "$card" --frames "$folder" --spool "$run/spool" \
-        --ledger "$run/ledger.jsonl" --log warn "$@" $uplink > "$run/stdout" 2> "$run/time"
-    "$python" - "$name" "$card" "$run" "$uplink" <<'EOF'
+        --ledger "$run/ledger.jsonl" --log warn "$@" > "$run/stdout" 2> "$run/time"
+    local sent=""
+    if [ -n "$received" ]; then
+        # Records the server holds: one folder each under the run's name (the uplink's prefix).
+        sent=$(find "$received/$name" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)
+    fi
+    "$python" - "$name" "$card" "$run" "$sent" <<'EOF'
 import json, re, sys
-name, card, run, uplink = sys.argv[1:]
+name, card, run, sent = sys.argv[1:]
 summary = open(f"{run}/stdout").read()
 timing = open(f"{run}/time").read()
 # "qualmd: N frames, K kept, ..., F failed, ..., R frames/s": the counts in between may grow.
@@ -145,15 +156,76 @@ if not m or not rss:
                      f"peak RSS in {run}/time, found {summary!r}")
 print(json.dumps({"name": name, "card": card, "frames": int(m[1]), "kept": int(m[2]),
                   "failed": int(m[3]), "frames_per_second": float(m[4]),
-                  "peak_rss_kib": int(rss[1]), "uplink": uplink or "off"}))
+                  "peak_rss_kib": int(rss[1]),
+                  "uplink": "off" if sent == "" else f"http PUT to nginx, {sent} records sent"}))
 EOF
+}
+
+# The uplink: nginx on a free loopback port takes WebDAV PUTs into $received; qualmd's uplink
+# thread sends each kept record there while the frame loop runs. The uplink has no flags, so
+# each gated run gets a configuration file (flags override its other keys).
+received=""
+if [ "$uplink" = 1 ]; then
+    nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+    web="$root/$out/nginx"
+    received="$web/root"
+    mkdir -p "$received" "$web/temp"
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    cat > "$web/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $web/nginx.pid;
+error_log $web/error.log;
+events { worker_connections 64; }
+http {
+  access_log off;
+  client_body_temp_path $web/temp/body;
+  proxy_temp_path $web/temp/proxy;
+  fastcgi_temp_path $web/temp/fastcgi;
+  uwsgi_temp_path $web/temp/uwsgi;
+  scgi_temp_path $web/temp/scgi;
+  server {
+    listen 127.0.0.1:$port;
+    root $received;
+    client_max_body_size 64m;
+    location / { dav_methods PUT; create_full_put_path on; }
+  }
+}
+EOF
+    "$nginx_bin" -p "$web" -c "$web/nginx.conf" -e "$web/error.log" &
+    nginx_pid=$!
+    trap 'kill "$nginx_pid" 2>/dev/null || true' EXIT
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+fi
+uplink_config() { # uplink_config NAME -> a qualmd configuration whose uplink sends to nginx
+    local config="$root/$out/uplink-$1.toml"
+    cat > "$config" <<EOF
+model = "$root/models/selfie/selfie_int8.toml"
+spool = "$root/$out/run-$1/spool"
+ledger = "$root/$out/run-$1/ledger.jsonl"
+
+[uplink]
+sink = "http"
+url = "http://127.0.0.1:$port"
+prefix = "$1"
+EOF
+    echo "$config"
 }
 
 say "qualmd pipeline, $frames frames, 3 runs each"
 folder=$(frame_folder "$frames")
 for k in 1 2 3; do
+    if [ "$uplink" = 1 ]; then
+        gate_flags=(--config "$(uplink_config "gate-$k")")
+    else
+        gate_flags=()
+    fi
     qualmd_run "gate-$k" "$folder" models/selfie/selfie_int8.toml \
-        --calibration models/selfie/calibration.toml
+        --calibration models/selfie/calibration.toml "${gate_flags[@]}"
     qualmd_run "observe-$k" "$folder" models/selfie/selfie_int8.toml --observe
 done > "$out/qualmd.jsonl"
 
