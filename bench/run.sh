@@ -139,9 +139,12 @@ qualmd_run() { # qualmd_run NAME FRAMES CARD [qualmd flags...] -> one JSON line
     /usr/bin/time -v "$qualmd" --model "$card" --frames "$folder" --spool "$run/spool" \
         --ledger "$run/ledger.jsonl" --log warn "$@" > "$run/stdout" 2> "$run/time"
     local sent=""
-    if [ -n "$received" ]; then
+    if [ -n "$received" ] && [[ " $* " == *" --config "* ]]; then
         # Records the server holds: one folder each under the run's name (the uplink's prefix).
-        sent=$(find "$received/$name" -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)
+        sent=0
+        if [ -d "$received/$name" ]; then
+            sent=$(find "$received/$name" -mindepth 1 -maxdepth 1 -type d | wc -l)
+        fi
     fi
     "$python" - "$name" "$card" "$run" "$sent" <<'EOF'
 import json, re, sys
@@ -201,12 +204,15 @@ EOF
         sleep 0.1
     done
 fi
-uplink_config() { # uplink_config NAME -> a qualmd configuration whose uplink sends to nginx
+uplink_config() { # uplink_config NAME FRAMES -> a qualmd configuration whose uplink sends to nginx
     local config="$root/$out/uplink-$1.toml"
     cat > "$config" <<EOF
 model = "$root/models/selfie/selfie_int8.toml"
 spool = "$root/$out/run-$1/spool"
 ledger = "$root/$out/run-$1/ledger.jsonl"
+
+[source]
+frames = "$root/$2"
 
 [uplink]
 sink = "http"
@@ -220,7 +226,7 @@ say "qualmd pipeline, $frames frames, 3 runs each"
 folder=$(frame_folder "$frames")
 for k in 1 2 3; do
     if [ "$uplink" = 1 ]; then
-        gate_flags=(--config "$(uplink_config "gate-$k")")
+        gate_flags=(--config "$(uplink_config "gate-$k" "$folder")")
     else
         gate_flags=()
     fi
