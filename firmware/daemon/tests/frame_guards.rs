@@ -88,3 +88,34 @@ fn oversized_and_truncated_frames_are_ledgered_as_errors() {
     let error = entries[0].error.as_deref().unwrap();
     assert!(error.contains("a_whole.jpg") && error.contains("700x8192"), "{error}");
 }
+
+/// Frames pass through the staged loop (prepare, inference and gate threads) and come out in
+/// name order, bad ones in their own places: the decode error of one frame neither reorders nor
+/// holds up the frames around it.
+#[test]
+fn bad_frames_between_good_ones_keep_their_places_in_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = dir.path().join("frames");
+    fs::create_dir(&frames).unwrap();
+    let real = ["vtest_0000.jpg", "vtest_0020.jpg", "vtest_0040.jpg", "vtest_0060.jpg"];
+    let mut names = Vec::new();
+    for (index, source) in real.iter().enumerate() {
+        let bytes = fs::read(repo().join("models/frames/vtest").join(source)).unwrap();
+        let good = format!("f{:02}_good.jpg", index * 2);
+        fs::write(frames.join(&good), &bytes).unwrap();
+        names.push(good);
+        if index < real.len() - 1 {
+            let cut = format!("f{:02}_cut.jpg", index * 2 + 1);
+            fs::write(frames.join(&cut), &bytes[..bytes.len() / 3]).unwrap();
+            names.push(cut);
+        }
+    }
+
+    let entries = run(dir.path(), "");
+    let seen: Vec<String> = entries.iter().map(|e| format!("{}.jpg", e.frame)).collect();
+    assert_eq!(seen, names, "one ledger line per frame, in name order");
+    for (entry, name) in entries.iter().zip(&names) {
+        let expected = if name.ends_with("_cut.jpg") { "error" } else { "observe_only" };
+        assert_eq!(entry.reason, expected, "{name}");
+    }
+}
