@@ -93,11 +93,12 @@ impl CaptureStatus {
     }
 }
 
-/// What [`Capture::next_timeout`] found.
+/// What [`Capture::next_timeout`] found (and, with `T` an inferred frame, what the staged
+/// loop's [`StagedFrames::next_timeout`](crate::staged::StagedFrames::next_timeout) found).
 #[derive(Debug)]
-pub enum Next {
+pub enum Next<T = Item> {
     /// The next item, oldest first.
-    Item(Item),
+    Item(T),
     /// Nothing arrived within the timeout; the source is still open or being reopened.
     Idle,
     /// The source ended and every queued item was taken.

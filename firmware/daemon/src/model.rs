@@ -23,7 +23,6 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct InputPreparer {
     spec: InputSpec,
     resizer: Resizer,
-    options: ResizeOptions,
     /// The frame at input size, RGB, reused per frame.
     resized: Image<'static>,
 }
@@ -41,7 +40,6 @@ impl InputPreparer {
         Self {
             spec: spec.clone(),
             resizer: Resizer::new(),
-            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
             resized: Image::new(width as u32, height as u32, PixelType::U8x3),
         }
     }
@@ -65,10 +63,7 @@ impl InputPreparer {
             bail!("expected an input buffer of {expected} values, found {}", input.len());
         }
 
-        let source = ImageRef::new(frame_width, frame_height, frame.as_raw(), PixelType::U8x3)
-            .context("frame buffer does not match its size")?;
-        self.resizer
-            .resize(&source, &mut self.resized, &self.options)
+        stretch_rgb_into(&mut self.resizer, frame, &mut self.resized)
             .context("cannot resize the frame to the model input")?;
 
         let spec = &self.spec;
@@ -102,6 +97,23 @@ impl InputPreparer {
         }
         Ok(())
     }
+}
+
+/// Stretches `image` to the size of `out` with a triangle (bilinear) filter whose support
+/// widens with the scale factor: the one resize of model inputs and of the records' heat maps.
+///
+/// # Errors
+/// When `image`'s buffer does not match its size or `out` is not RGB.
+pub(crate) fn stretch_rgb_into(
+    resizer: &mut Resizer,
+    image: &RgbImage,
+    out: &mut Image<'_>,
+) -> anyhow::Result<()> {
+    let source = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
+        .context("image buffer does not match its size")?;
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    resizer.resize(&source, out, &options)?;
+    Ok(())
 }
 
 /// tract's run state for one model: what the inference thread owns.

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use fast_image_resize as fr;
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
 use image::{GrayImage, ImageFormat, RgbImage};
@@ -18,7 +17,7 @@ use tract_onnx::prelude::Tensor;
 use crate::calibration::Calibration;
 use crate::config::{BUDGET_CAPACITY, Config};
 use crate::ledger::{Ledger, LedgerEntry};
-use crate::model::{Inference, InputPreparer, SegmentationModel};
+use crate::model::{Inference, InputPreparer, SegmentationModel, stretch_rgb_into};
 use crate::nonfinite::{self, NONFINITE_REASON};
 use crate::perceptual::difference_hash;
 use crate::source::{BadFrame, FolderSource, Frame, FrameSource, VideoSource};
@@ -367,7 +366,7 @@ impl Daemon {
     /// Prepares `frame` and runs the model on it, on this thread.
     fn infer(&mut self, frame: Frame) -> Inferred {
         if let Err(error) = self.model.prepare(&frame.image) {
-            return Inferred { frame, output: Err(error), inference: Duration::ZERO };
+            return Inferred::failed(frame, error);
         }
         let started = Instant::now();
         let output = self.model.infer();
@@ -701,22 +700,13 @@ fn heat_map(uncertainty: &[u8], width: u32, height: u32) -> anyhow::Result<RgbIm
     RgbImage::from_raw(width, height, pixels).context("uncertainty map size mismatch")
 }
 
-/// `image` stretched to `width` x `height`, bilinear. With `fast_image_resize`, as the model
-/// input is: `imageops::resize` would hold a float copy of the frame-sized image on the way,
-/// megabytes of peak memory for each kept frame.
+/// `image` stretched to `width` x `height` as the model input is ([`stretch_rgb_into`]):
+/// `imageops::resize` would hold a float copy of the frame-sized image on the way, megabytes
+/// of peak memory for each kept frame.
 fn stretch_rgb(image: &RgbImage, width: u32, height: u32) -> anyhow::Result<RgbImage> {
-    let source = fr::images::ImageRef::new(
-        image.width(),
-        image.height(),
-        image.as_raw(),
-        fr::PixelType::U8x3,
-    )
-    .context("image buffer does not match its size")?;
-    let mut stretched = fr::images::Image::new(width, height, fr::PixelType::U8x3);
-    let options =
-        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear));
-    fr::Resizer::new()
-        .resize(&source, &mut stretched, &options)
+    let mut stretched =
+        fast_image_resize::images::Image::new(width, height, fast_image_resize::PixelType::U8x3);
+    stretch_rgb_into(&mut fast_image_resize::Resizer::new(), image, &mut stretched)
         .context("cannot resize the heat map to the frame")?;
     RgbImage::from_raw(width, height, stretched.into_vec()).context("resized image size mismatch")
 }

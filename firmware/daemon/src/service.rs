@@ -13,12 +13,12 @@ use sd_notify::NotifyState;
 use serde::Deserialize;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::capture::{Capture, CaptureOptions, Overflow};
+use crate::capture::{Capture, CaptureOptions, Next, Overflow};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{Daemon, Summary, open_source};
 use crate::source::{is_camera_device, is_stream_url};
-use crate::staged::{StagedFrames, StagedNext, run_staged};
+use crate::staged::{StagedFrames, run_staged};
 use crate::status::{StatusGpioConfig, StatusIndicator};
 use crate::summary::Summaries;
 use crate::uplink::UplinkWaker;
@@ -277,9 +277,9 @@ fn serve_frames(
         }
 
         let item = match frames.next_timeout(poll) {
-            StagedNext::Item(item) => item,
-            StagedNext::Idle => continue,
-            StagedNext::Ended => break,
+            Next::Item(item) => item,
+            Next::Idle => continue,
+            Next::Ended => break,
         };
         let entry = daemon.handle_inferred(item, &mut summary)?;
         if let (true, Some(status)) = (entry.kept, outputs.status.as_deref_mut()) {

@@ -50,6 +50,13 @@ pub struct Inferred {
     pub inference: Duration,
 }
 
+impl Inferred {
+    /// `frame`, which could not be prepared or run: `error` goes on in its place.
+    pub fn failed(frame: Frame, error: anyhow::Error) -> Self {
+        Self { frame, output: Err(error), inference: Duration::ZERO }
+    }
+}
+
 /// One item of the staged loop, in source order: an inferred frame, or one that could not be
 /// read.
 pub type StagedItem = Result<Inferred, BadFrame>;
@@ -73,24 +80,13 @@ impl StagedFrames {
     /// Takes the next item in source order, waiting at most `timeout`. [`Next::Ended`] once the
     /// source ended and every frame came through (or a stage stopped; the run then returns
     /// its error).
-    pub fn next_timeout(&self, timeout: Duration) -> StagedNext {
+    pub fn next_timeout(&self, timeout: Duration) -> Next<StagedItem> {
         match self.inferred.recv_timeout(timeout) {
-            Ok(item) => StagedNext::Item(item),
-            Err(RecvTimeoutError::Timeout) => StagedNext::Idle,
-            Err(RecvTimeoutError::Disconnected) => StagedNext::Ended,
+            Ok(item) => Next::Item(item),
+            Err(RecvTimeoutError::Timeout) => Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => Next::Ended,
         }
     }
-}
-
-/// What [`StagedFrames::next_timeout`] found.
-#[derive(Debug)]
-pub enum StagedNext {
-    /// The next item, in source order.
-    Item(StagedItem),
-    /// Nothing arrived within the timeout.
-    Idle,
-    /// No more items will come.
-    Ended,
 }
 
 /// Runs the prepare and inference stages on frames from `capture` while `consume` takes the
@@ -177,9 +173,7 @@ fn prepare_stage(
                 match write_input(&mut preparer, &frame.image, &mut input) {
                     Ok(()) => Job::Run { frame, input },
                     Err(error) => {
-                        let item =
-                            Inferred { frame, output: Err(error), inference: Duration::ZERO };
-                        Job::Skip { item: Ok(item), input: Some(input) }
+                        Job::Skip { item: Ok(Inferred::failed(frame, error)), input: Some(input) }
                     }
                 }
             }
