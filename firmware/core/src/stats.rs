@@ -385,7 +385,8 @@ pub struct FrameMaps<'a> {
     pub scores: &'a mut [[f32; SCORES]],
     /// 1 for pixels in the boundary band, else 0 (see [`StatsConfig::boundary_width`]).
     pub boundary: &'a mut [u8],
-    /// Segment id of each pixel, or [`NO_SEGMENT`](crate::NO_SEGMENT) for ignored and non-finite pixels.
+    /// Segment id of each pixel, or [`NO_SEGMENT`](crate::NO_SEGMENT) for ignored and
+    /// non-finite pixels.
     pub labels: &'a mut [u32],
     /// Per-segment scratch.
     pub segments: &'a mut [SegmentScratch],

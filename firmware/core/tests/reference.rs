@@ -461,7 +461,8 @@ proptest! {
         let n = h * w;
         let q: Vec<i8> = raw[..c * n].to_vec();
         let quantization = Quantization { scale, zero_point };
-        let real: Vec<f32> = q.iter().map(|&v| scale * (i32::from(v) - zero_point) as f32).collect();
+        let real: Vec<f32> =
+            q.iter().map(|&v| scale * (i32::from(v) - zero_point) as f32).collect();
         let chw = |data: &[f32]| {
             stats_of(OutputMap::try_new(data, c, h, w, Layout::Chw, OutputKind::Logits).unwrap())
         };

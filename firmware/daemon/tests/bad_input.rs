@@ -136,7 +136,8 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("calibration.toml");
         fs::write(&path, &text).unwrap();
-        for result in [Calibration::load(&path).map(drop), Calibration::load_rules(&path).map(drop)] {
+        let loads = [Calibration::load(&path).map(drop), Calibration::load_rules(&path).map(drop)];
+        for result in loads {
             if let Err(error) = result {
                 prop_assert!(names_file(&error, &path), "{:#}", error);
             }
@@ -157,7 +158,11 @@ proptest! {
             Ok(entries) => prop_assert!(entries.len() <= lines.len()),
             Err(error) => {
                 let message = format!("{error:#}");
-                prop_assert!(names_file(&error, &path) && message.contains(" line "), "{}", message);
+                prop_assert!(
+                    names_file(&error, &path) && message.contains(" line "),
+                    "{}",
+                    message
+                );
             }
         }
     }
@@ -217,7 +222,9 @@ proptest! {
             let _ = match kind {
                 0 => fs::write(&path, content.as_bytes()),
                 1 => fs::create_dir(&path),
-                2 => fs::create_dir(&path).and_then(|()| fs::write(path.join("meta.json"), content)),
+                2 => {
+                    fs::create_dir(&path).and_then(|()| fs::write(path.join("meta.json"), content))
+                }
                 _ => fs::create_dir_all(path.join("meta.json")),
             };
         }

@@ -436,7 +436,10 @@ fn serve(
 
     match fault {
         Fault::Status500 => {
-            client.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\nboom")?;
+            client.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\n\
+                  connection: close\r\n\r\nboom",
+            )?;
         }
         Fault::Hang => {
             let start = Instant::now();
